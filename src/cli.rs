@@ -1,0 +1,91 @@
+//! The command line, defined once: parsed by `main` and rendered as the man page.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// shiftd: a systemd-native HTTP job service. Jobs and requests live through restarts,
+/// upgrades and crashes.
+#[derive(Debug, Parser)]
+#[command(name = "shiftd", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file. Default: /etc/shiftd/shiftd.toml if it exists, else built-in
+    /// defaults. Any key may be overridden as SHIFTD_<SECTION>__<KEY>, e.g. SHIFTD_HTTP__LISTEN.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Serve HTTP and run jobs (the default). Under systemd: Type=notify, socket activation,
+    /// watchdog. Exit codes: 0 clean stop, 75 stopped but work was cut, 69 a required
+    /// startup step failed, 78 configuration error.
+    Serve,
+    /// Validate the configuration, print the effective settings and the total stop budget,
+    /// and compare them with the installed systemd unit. Exit 0, or 78 when something does not fit.
+    Check,
+    /// Print the man page shiftd(8) in roff.
+    #[command(hide = true)]
+    Man,
+}
+
+/// Exit codes, from sysexits.h where one fits.
+pub mod exit {
+    /// A clean stop.
+    pub const OK: u8 = 0;
+    /// Anything unexpected.
+    pub const FAILURE: u8 = 1;
+    /// A required startup step failed (database unreachable, port taken).
+    pub const UNAVAILABLE: u8 = 69;
+    /// Stopped, but a stage had to cut work (a request or job did not finish in its budget).
+    pub const WORK_CUT: u8 = 75;
+    /// The configuration is invalid; systemd must not restart (RestartPreventExitStatus=78).
+    pub const CONFIG: u8 = 78;
+}
+
+/// The man page, from the same definition clap parses.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd).section("8").manual("System Administration");
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    man.render_subcommands_section(&mut out)?;
+    out.extend_from_slice(MAN_EXTRA.as_bytes());
+    man.render_version_section(&mut out)?;
+    Ok(out)
+}
+
+/// Sections clap cannot derive: files, environment, exit status, sandboxing.
+const MAN_EXTRA: &str = r#".SH FILES
+.TP
+\fI/etc/shiftd/shiftd.toml\fR
+The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [auth] and [tasks.NAME].
+.TP
+\fI/var/lib/shiftd/shiftd.db\fR
+The embedded SQLite database (StateDirectory=shiftd).
+.SH ENVIRONMENT
+.TP
+\fBSHIFTD_\fISECTION\fB__\fIKEY\fR
+Overrides one configuration key, e.g. SHIFTD_HTTP__LISTEN=127.0.0.1:9000.
+.SH EXIT STATUS
+0 clean stop; 75 stopped but a shutdown stage cut work (the warning names the setting to raise);
+69 a required startup step failed; 78 configuration error.
+.SH SANDBOX
+The unit runs shiftd and its jobs in a systemd sandbox: the file system is read-only except
+/var/lib/shiftd. To let tasks write elsewhere, run \fBsystemctl edit shiftd\fR and add
+.RS
+.nf
+[Service]
+ReadWritePaths=/srv/backups
+.fi
+.RE
+then \fBsystemctl restart shiftd\fR.
+"#;

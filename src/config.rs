@@ -1,0 +1,636 @@
+//! Configuration: the TOML file, `SHIFTD_<SECTION>__<KEY>` overrides, defaults and validation.
+//!
+//! Layering is defaults < file < environment. Every problem is reported as one
+//! [`ConfigError`] naming the key and what is allowed; `main` turns it into exit code 78.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Where the packaged configuration lives; used when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiftd/shiftd.toml";
+
+/// The environment prefix for overrides, as in `SHIFTD_HTTP__LISTEN`.
+pub const ENV_PREFIX: &str = "SHIFTD";
+
+/// A configuration problem: which key, and what would be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error at `{key}`: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`shutdown.grace`), or the file for read errors.
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+/// The whole configuration of a shiftd process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub startup: StartupConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+    pub jobs: JobsConfig,
+    pub auth: AuthConfig,
+    /// Operator-defined commands clients may start, by name.
+    pub tasks: BTreeMap<String, TaskConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to bind when systemd does not pass a socket.
+    pub listen: String,
+    /// Longest time one request may take before it is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest time a connection may take to send a complete request head. It also
+    /// bounds how long an idle keep-alive connection is kept open between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request body accepted, e.g. "1MiB" or a number of bytes.
+    pub body_limit: ByteSize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_limit: ByteSize(1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Empty: an embedded SQLite file in the state directory. Else `sqlite://...` or `postgres://...`.
+    pub url: String,
+    pub max_connections: u32,
+    /// Bound on connecting and on waiting for a free connection from the pool.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: String::new(), max_connections: 8, connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StartupConfig {
+    /// Bound on each startup step (listener, database connect, migrate, warm-up).
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self { step_timeout: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Bound on the whole stop. The stage budgets below must fit inside it.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// In-flight requests may finish for this long.
+    #[serde(with = "humantime_serde")]
+    pub http_drain: Duration,
+    /// During the drain, a connection with no request in progress gets this long to send
+    /// one (it is then answered with `Connection: close`) before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_close: Duration,
+    /// Running jobs whose task says `on_shutdown = "finish"` may run on for this long.
+    #[serde(with = "humantime_serde")]
+    pub jobs_drain: Duration,
+    /// Writing buffered job output to the database.
+    #[serde(with = "humantime_serde")]
+    pub flush: Duration,
+    /// Closing the database pool.
+    #[serde(with = "humantime_serde")]
+    pub db_close: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(60),
+            http_drain: Duration::from_secs(10),
+            idle_close: Duration::from_millis(250),
+            jobs_drain: Duration::from_secs(30),
+            flush: Duration::from_secs(5),
+            db_close: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or `shiftd=debug,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Jobs running at once in this process, over all tasks.
+    pub workers: u32,
+    /// How often an idle worker looks for queued jobs (it is also woken by local enqueues).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A running job whose worker stopped renewing its lease for this long is claimed again.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Job output is buffered in memory and written to the database this often.
+    #[serde(with = "humantime_serde")]
+    pub log_flush_interval: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            log_flush_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens. With none configured, the job API is open (a warning says so at startup).
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Shown in logs instead of the secret.
+    pub name: String,
+    /// The secret itself; prefer `secret_file`.
+    #[serde(skip_serializing)]
+    pub secret: Option<String>,
+    /// A file holding the secret (trailing whitespace is ignored).
+    pub secret_file: Option<PathBuf>,
+    /// Task names this token may start; `"*"` means all.
+    pub tasks: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("tasks", &self.tasks)
+            .finish()
+    }
+}
+
+/// What a running job does when the service stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    /// Let it run on for up to `shutdown.jobs_drain`.
+    #[default]
+    Finish,
+    /// Stop it now and run it again after the restart.
+    Requeue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskConfig {
+    /// argv; `{name}` may stand only as a whole argument and is replaced by that parameter.
+    pub command: Vec<String>,
+    /// Allowed parameters, each with the regex its value must match in full.
+    pub params: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Jobs of this task running at once in one process.
+    pub concurrency: u32,
+    pub max_attempts: u32,
+    /// Wait before a failed attempt runs again; doubles each attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    pub on_shutdown: OnShutdown,
+    /// Between SIGTERM and SIGKILL to the job's process group.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            command: Vec::new(),
+            params: BTreeMap::new(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            timeout: Duration::from_secs(600),
+            concurrency: 1,
+            max_attempts: 3,
+            retry_backoff: Duration::from_secs(10),
+            on_shutdown: OnShutdown::Finish,
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A byte count written as a number or as "512KiB", "1MiB", "2MB".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size; write a number of bytes or e.g. \"1MiB\""))?;
+        let factor = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "KiB" => 1 << 10,
+            "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            other => return Err(format!("unknown size unit `{other}`; use B, KiB, MiB, GiB, KB, MB or GB")),
+        };
+        number.checked_mul(factor).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        if n >= 1 << 20 && n % (1 << 20) == 0 {
+            write!(f, "{}MiB", n >> 20)
+        } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+            write!(f, "{}KiB", n >> 10)
+        } else {
+            write!(f, "{n}")
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Which database the URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Config {
+    /// Reads the file (if any) and the environment, then validates.
+    ///
+    /// `explicit` is `--config`; without it the packaged path is used when it exists.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(explicit, &env)
+    }
+
+    /// As [`Config::load`], with the environment passed in (for tests).
+    pub fn load_from(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let mut builder = config::Config::builder();
+        if let Some(path) = &path {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(path.display().to_string(), format!("cannot read the file: {e}"))
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let overrides = env_overrides(env)?;
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let source = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::new(source.clone(), format!("cannot parse: {e}")))?;
+        let map: config::Map<String, config::Value> = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::new(source.clone(), format!("cannot parse: {e}")))?;
+        let value = config::Value::new(None, config::ValueKind::Table(map));
+        let parsed: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::new(if key == "." { source.clone() } else { key }, e.into_inner().to_string())
+        })?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    /// The backend the configured URL names.
+    pub fn backend(&self) -> Backend {
+        if self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// The longest `kill_grace` of any task: the jobs stage needs it after its drain budget.
+    pub fn max_kill_grace(&self) -> Duration {
+        self.tasks.values().map(|t| t.kill_grace).max().unwrap_or_default()
+    }
+
+    /// What the stop stages may take together; must not exceed `shutdown.grace`.
+    pub fn stop_budget(&self) -> Duration {
+        let s = &self.shutdown;
+        s.http_drain + s.jobs_drain + self.max_kill_grace() + s.flush + s.db_close
+    }
+
+    /// Checks every rule that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::new("http.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.http.listen)))?;
+        positive("http.request_timeout", self.http.request_timeout)?;
+        positive("http.header_read_timeout", self.http.header_read_timeout)?;
+        if self.http.body_limit.0 == 0 {
+            return Err(ConfigError::new("http.body_limit", "must be at least 1 byte"));
+        }
+        let url = &self.database.url;
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                "must be empty (embedded SQLite), `sqlite://PATH` or `postgres://USER@HOST/DB`",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+        }
+        positive("database.connect_timeout", self.database.connect_timeout)?;
+        positive("startup.step_timeout", self.startup.step_timeout)?;
+        let s = &self.shutdown;
+        positive("shutdown.grace", s.grace)?;
+        positive("shutdown.flush", s.flush)?;
+        positive("shutdown.db_close", s.db_close)?;
+        if self.stop_budget() > s.grace {
+            return Err(ConfigError::new(
+                "shutdown.grace",
+                format!(
+                    "the stages need {} (http_drain {} + jobs_drain {} + longest task kill_grace {} + flush {} + db_close {}) but grace is {}; raise shutdown.grace or lower a stage",
+                    fmt_duration(self.stop_budget()),
+                    fmt_duration(s.http_drain),
+                    fmt_duration(s.jobs_drain),
+                    fmt_duration(self.max_kill_grace()),
+                    fmt_duration(s.flush),
+                    fmt_duration(s.db_close),
+                    fmt_duration(s.grace)
+                ),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::new("log.level", format!("`{}` is not a filter like `info` or `shiftd=debug`: {e}", self.log.level))
+        })?;
+        if self.jobs.workers == 0 {
+            return Err(ConfigError::new("jobs.workers", "must be at least 1"));
+        }
+        positive("jobs.poll_interval", self.jobs.poll_interval)?;
+        positive("jobs.log_flush_interval", self.jobs.log_flush_interval)?;
+        if self.jobs.lease < Duration::from_secs(1) {
+            return Err(ConfigError::new("jobs.lease", "must be at least 1s (it is renewed at a third of it)"));
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            if token.name.is_empty() {
+                return Err(ConfigError::new(format!("{key}.name"), "every token needs a name (it is what logs show)"));
+            }
+            if token.secret.is_some() == token.secret_file.is_some() {
+                return Err(ConfigError::new(key, "give exactly one of `secret` or `secret_file`"));
+            }
+            for task in &token.tasks {
+                if task != "*" && !self.tasks.contains_key(task) {
+                    return Err(ConfigError::new(format!("{key}.tasks"), format!("names task `{task}`, which is not configured")));
+                }
+            }
+        }
+        for (name, task) in &self.tasks {
+            task.validate(name)?;
+        }
+        Ok(())
+    }
+}
+
+impl TaskConfig {
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("tasks.{name}.{k}");
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.is_empty() {
+            return Err(ConfigError::new(format!("tasks.{name}"), "task names may use letters, digits, '-' and '_'"));
+        }
+        let Some(program) = self.command.first() else {
+            return Err(ConfigError::new(key("command"), "must be a non-empty argv array like [\"/usr/bin/backup\", \"{target}\"]"));
+        };
+        if program.contains('{') {
+            return Err(ConfigError::new(key("command"), "the program (first element) cannot be a parameter"));
+        }
+        for arg in &self.command {
+            match placeholder(arg) {
+                Some(param) if !self.params.contains_key(param) => {
+                    return Err(ConfigError::new(key("command"), format!("uses `{{{param}}}` but `params` has no `{param}`")));
+                }
+                None if arg.contains('{') || arg.contains('}') => {
+                    return Err(ConfigError::new(
+                        key("command"),
+                        format!("`{arg}`: a parameter may only stand as a whole argument, like \"{{name}}\""),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (param, pattern) in &self.params {
+            Regex::new(pattern).map_err(|e| ConfigError::new(key(&format!("params.{param}")), format!("not a valid regex: {e}")))?;
+        }
+        positive(&key("timeout"), self.timeout)?;
+        if self.concurrency == 0 {
+            return Err(ConfigError::new(key("concurrency"), "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// `{name}` as a whole argument gives `Some("name")`.
+pub fn placeholder(arg: &str) -> Option<&str> {
+    let inner = arg.strip_prefix('{')?.strip_suffix('}')?;
+    (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(inner)
+}
+
+fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::new(key, "must be longer than 0s (write e.g. \"5s\", \"250ms\", \"2m\")"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Keeps only `SHIFTD_*` variables, and rejects those that are not `SHIFTD_<SECTION>__<KEY>`
+/// so a typo is an error rather than silently ignored.
+fn env_overrides(env: &[(String, String)]) -> Result<config::Map<String, String>, ConfigError> {
+    let mut out = config::Map::new();
+    for (k, v) in env {
+        if let Some(rest) = k.strip_prefix("SHIFTD_") {
+            if !rest.contains("__") {
+                return Err(ConfigError::new(
+                    k.clone(),
+                    "environment overrides are written SHIFTD_<SECTION>__<KEY>, e.g. SHIFTD_HTTP__LISTEN",
+                ));
+            }
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// "1m 30s" style, for messages and `shiftd check`.
+pub fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shiftd.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_from(Some(&path), &env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load("[http]\nlisten = \"127.0.0.1:1\"\n", &[("SHIFTD_HTTP__LISTEN", "127.0.0.1:2"), ("SHIFTD_SHUTDOWN__HTTP_DRAIN", "2s")]).unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:2");
+        assert_eq!(c.shutdown.http_drain, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("[http]\nlisten_addr = \"x\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "http");
+        assert!(e.message.contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = load("[shutdown]\ngrace = \"soon\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "shutdown.grace", "{e}");
+    }
+
+    #[test]
+    fn stray_env_var_is_an_error() {
+        let e = load("", &[("SHIFTD_LISTEN", "x")]).unwrap_err();
+        assert_eq!(e.key, "SHIFTD_LISTEN");
+    }
+
+    #[test]
+    fn stages_must_fit_grace() {
+        let e = load("[shutdown]\ngrace = \"10s\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "shutdown.grace");
+        assert!(e.message.contains("raise shutdown.grace"), "{e}");
+    }
+
+    #[test]
+    fn kill_grace_counts_in_the_budget() {
+        let toml = "[shutdown]\ngrace = \"51s\"\n[tasks.t]\ncommand = [\"/bin/true\"]\nkill_grace = \"2s\"\n";
+        assert_eq!(load(toml, &[]).unwrap_err().key, "shutdown.grace");
+    }
+
+    #[test]
+    fn placeholders_must_be_whole_arguments() {
+        let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"--to={who}\"]\nparams = { who = \"^[a-z]+$\" }\n";
+        assert_eq!(load(toml, &[]).unwrap_err().key, "tasks.t.command");
+        let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\n";
+        assert!(load(toml, &[]).unwrap_err().message.contains("params"));
+        let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\nparams = { who = \"^[a-z]+$\" }\n";
+        load(toml, &[]).unwrap();
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("1MiB").unwrap().0, 1 << 20);
+        assert_eq!(ByteSize::parse("512").unwrap().0, 512);
+        assert!(ByteSize::parse("1 parsec").is_err());
+        assert_eq!(load("[http]\nbody_limit = 2048\n", &[]).unwrap().http.body_limit.0, 2048);
+    }
+
+    #[test]
+    fn token_secrets_are_not_debug_printed() {
+        let t = TokenConfig { name: "ci".into(), secret: Some("hunter2".into()), ..Default::default() };
+        assert!(!format!("{t:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,51 @@
+//! Liveness, readiness and status.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::error::error_response;
+use super::AppState;
+use crate::config::fmt_duration;
+
+/// 200 while the process serves at all.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 only when the database answers and the service is not stopping.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.lifecycle.is_stopping() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "draining: this process is stopping");
+    }
+    if !state.db.ping(state.probe_timeout()).await {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "database: it did not answer; check database.url and the server");
+    }
+    Json(json!({ "status": "ready" })).into_response()
+}
+
+/// The state of this process, for people and monitors.
+pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let config = state.config();
+    let s = &config.shutdown;
+    Json(json!({
+        "state": state.lifecycle.state(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.lifecycle.uptime().as_secs(),
+        "in_flight_requests": state.lifecycle.in_flight(),
+        "open_connections": state.lifecycle.connections(),
+        "database": { "backend": format!("{:?}", state.db.backend).to_lowercase(), "location": state.db.location, "pool": state.db.stats() },
+        "budgets": {
+            "grace": fmt_duration(s.grace),
+            "http_drain": fmt_duration(s.http_drain),
+            "idle_close": fmt_duration(s.idle_close),
+            "jobs_drain": fmt_duration(s.jobs_drain),
+            "flush": fmt_duration(s.flush),
+            "db_close": fmt_duration(s.db_close),
+            "stop_total": fmt_duration(config.stop_budget()),
+            "request_timeout": fmt_duration(config.http.request_timeout),
+        },
+    }))
+}

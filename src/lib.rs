@@ -1,0 +1,11 @@
+//! shiftd: a systemd-native HTTP job service. The lifecycle module serves any axum app;
+//! the rest is the job service built on it.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod lifecycle;
+pub mod logging;
+pub mod service;

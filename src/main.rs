@@ -1,0 +1,87 @@
+//! The `shiftd` binary: parse the command line, load the configuration, run, exit.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use shiftd::cli::{exit, Cli, Command};
+use shiftd::config::Config;
+use shiftd::lifecycle::{self, Notifier, StartupError, SystemdEnv};
+use shiftd::service::{self, ServeOptions};
+
+fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet; the runtime is built below.
+    let systemd = match unsafe { SystemdEnv::take() } {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("shiftd: cannot read the sockets systemd passed (LISTEN_FDS): {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Man => match shiftd::cli::man_page() {
+            Ok(page) => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&page);
+                ExitCode::from(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("shiftd: cannot render the man page: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        },
+        Command::Check => ExitCode::from(shiftd::check::run(cli.config.as_deref())),
+        Command::Serve => serve(cli, systemd),
+    }
+}
+
+fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
+    let started = Instant::now();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("shiftd: {e}");
+            eprintln!("shiftd: fix the configuration (`shiftd check` shows what is in force); not starting");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let log = shiftd::logging::init(&config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let signals = match lifecycle::signals::os_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return exit::FAILURE;
+            }
+        };
+        let options = ServeOptions {
+            config,
+            config_path: cli.config.clone(),
+            config_load_time: started.elapsed(),
+            systemd,
+            notifier: Notifier::Systemd,
+            signals,
+            log: Some(log),
+        };
+        match service::serve(options).await {
+            Ok(report) if report.cut.is_empty() => exit::OK,
+            Ok(_) => exit::WORK_CUT,
+            Err(StartupError::Interrupted { .. }) => exit::OK,
+            Err(e) => {
+                tracing::error!("{e}");
+                exit::UNAVAILABLE
+            }
+        }
+    });
+    // Job processes and connections were dealt with by the stop; do not wait on stragglers.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    ExitCode::from(code)
+}

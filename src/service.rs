@@ -1,0 +1,167 @@
+//! shiftd itself: its startup steps, router, reload and stop plan, put onto the lifecycle.
+//!
+//! This is the one place that knows both sides: the lifecycle (which knows nothing of
+//! jobs, routes or SQL) and the application parts (which never read signals or
+//! `$NOTIFY_SOCKET`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::config::{Config, ConfigError};
+use crate::db::{self, Db};
+use crate::http::{self, AppState, LiveSettings};
+use crate::lifecycle::{self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step, StopReport, SystemdEnv};
+use crate::logging::LogControl;
+
+/// Everything `serve` needs from `main` (or from a test).
+pub struct ServeOptions {
+    pub config: Config,
+    /// Where the configuration came from; a reload reads it again.
+    pub config_path: Option<PathBuf>,
+    pub config_load_time: Duration,
+    pub systemd: SystemdEnv,
+    pub notifier: Notifier,
+    pub signals: SignalStream,
+    /// `None` in tests that do not own the global logger.
+    pub log: Option<LogControl>,
+}
+
+/// The lifecycle's part of the configuration.
+pub fn lifecycle_settings(config: &Config) -> lifecycle::Settings {
+    lifecycle::Settings {
+        header_read_timeout: config.http.header_read_timeout,
+        step_timeout: config.startup.step_timeout,
+        grace: config.shutdown.grace,
+        idle_close: config.shutdown.idle_close,
+    }
+}
+
+/// Starts, serves until a stop signal, and stops in order.
+pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
+    let ServeOptions { config, config_path, config_load_time, systemd, notifier, signals, log } = options;
+    let mut life = Lifecycle::new(lifecycle_settings(&config), systemd, notifier, signals);
+    life.record_step("config", config_load_time);
+
+    let listener = life.listener(&config.http.listen).await?;
+    let backend = config.backend();
+    let database = config.database.clone();
+    let db = life
+        .step("database connect", Step::Required, "check database.url and that the database server is up", db::connect(&database, backend))
+        .await?
+        .expect("required");
+    life.step("migrate", Step::Required, "check the database log", db.migrate()).await?;
+    life.step("warm-up", Step::Optional, "readiness probes may be slow at first", warm_up(&db)).await?;
+
+    let config = Arc::new(config);
+    let state = AppState {
+        lifecycle: life.handle(),
+        db: db.clone(),
+        live: Arc::new(LiveSettings { request_timeout: RwLock::new(config.http.request_timeout) }),
+        config: Arc::new(RwLock::new(config.clone())),
+    };
+    let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
+    let router = http::router(state.clone(), body_limit);
+    let app = Arc::new(Shiftd { state, config_path, log });
+    Ok(life.serve(listener, router, app).await)
+}
+
+/// Fills the pool's first connection and checks a trivial query, so the first request
+/// does not pay for it.
+async fn warm_up(db: &Db) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) FROM jobs").fetch_one(&db.pool).await.map(|_| ())
+}
+
+struct Shiftd {
+    state: AppState,
+    config_path: Option<PathBuf>,
+    log: Option<LogControl>,
+}
+
+impl Shiftd {
+    fn apply(&self, new: Config) -> Result<lifecycle::Settings, ConfigError> {
+        let old = self.state.config();
+        for (key, changed) in [
+            ("http.listen", old.http.listen != new.http.listen),
+            ("http.body_limit", old.http.body_limit != new.http.body_limit),
+            ("database", old.database != new.database),
+        ] {
+            if changed {
+                tracing::warn!(key, "{key} changed; it takes effect at the next restart, not on reload");
+            }
+        }
+        if let Some(log) = &self.log {
+            log.set_level(&new.log.level).map_err(|m| ConfigError { key: "log.level".into(), message: m })?;
+        }
+        *self.state.live.request_timeout.write().expect("settings lock poisoned") = new.http.request_timeout;
+        let settings = lifecycle_settings(&new);
+        *self.state.config.write().expect("config lock poisoned") = Arc::new(new);
+        Ok(settings)
+    }
+}
+
+impl App for Shiftd {
+    fn report(&self) -> Report {
+        let pool = self.state.db.stats();
+        Report {
+            status_line: format!("{}: {} requests in flight", self.state.lifecycle.state().as_str(), self.state.lifecycle.in_flight()),
+            details: format!(
+                "connections={} pool_size={} pool_idle={} pool_max={} grace={}",
+                self.state.lifecycle.connections(),
+                pool.size,
+                pool.idle,
+                pool.max,
+                crate::config::fmt_duration(self.state.config().shutdown.grace)
+            ),
+        }
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<lifecycle::Settings, String>> {
+        async move {
+            let path = self.config_path.clone();
+            let loaded = tokio::task::spawn_blocking(move || Config::load(path.as_deref()))
+                .await
+                .map_err(|e| format!("reading the configuration failed: {e}"))?;
+            let new = loaded.map_err(|e| e.to_string())?;
+            self.apply(new).map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn stop_plan(&self) -> Vec<Stage> {
+        stop_plan(&self.state.config(), self.state.db.clone())
+    }
+}
+
+/// The stop, in order, each stage with its budget. This list is the only place the order
+/// is written down; ARCHITECTURE.md describes it.
+pub fn stop_plan(config: &Config, db: Db) -> Vec<Stage> {
+    let s = &config.shutdown;
+    let db_close = s.db_close;
+    vec![
+        // 1. STOPPING=1 and readyz 503 happen as the stop begins; then stop accepting.
+        Stage::stop_accepting(),
+        // 2. In-flight requests finish, answered with `Connection: close`.
+        Stage::http_drain(s.http_drain),
+        // 3. Running jobs: `finish` ones run on, the rest are stopped and requeued.
+        Stage::waiting("jobs", "shutdown.jobs_drain", s.jobs_drain, config.max_kill_grace(), |_ctx| {
+            async { StageOutcome::Done("no jobs running".into()) }.boxed()
+        }),
+        // 4. Buffers (job output) to the database.
+        Stage::finishing("flush", "shutdown.flush", s.flush, |_ctx| async { StageOutcome::Done("nothing buffered".into()) }.boxed()),
+        // 5. The pool, bounded: sqlx's close() waits forever for connections in use.
+        Stage::finishing("db-close", "shutdown.db_close", db_close, move |_ctx| {
+            async move {
+                if db.close(db_close).await {
+                    StageOutcome::Done("database pool closed".into())
+                } else {
+                    StageOutcome::Cut("connections still in use were abandoned".into())
+                }
+            }
+            .boxed()
+        }),
+    ]
+}
