@@ -14,6 +14,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Where the packaged configuration lives; used when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiftd/shiftd.toml";
 
+/// Time a stage gets after its budget to close what is still open (connections).
+pub const HTTP_CUT_ALLOWANCE: Duration = crate::lifecycle::stages::HTTP_CUT_ALLOWANCE;
+
+/// Time to write a stopped job back to the queue after its last SIGKILL.
+pub const REQUEUE_ALLOWANCE: Duration = Duration::from_secs(1);
+
 /// The environment prefix for overrides, as in `SHIFTD_HTTP__LISTEN`.
 pub const ENV_PREFIX: &str = "SHIFTD";
 
@@ -202,6 +208,25 @@ pub struct TokenConfig {
     pub secret_file: Option<PathBuf>,
     /// Task names this token may start; `"*"` means all.
     pub tasks: Vec<String>,
+}
+
+impl TokenConfig {
+    /// The secret, read from `secret_file` when that is how it is given.
+    pub fn resolve_secret(&self, index: usize) -> Result<String, ConfigError> {
+        let key = format!("auth.tokens[{index}]");
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(format!("{key}.secret_file"), format!("cannot read {}: {e}", path.display())))?
+                .trim_end()
+                .to_string(),
+            _ => return Err(ConfigError::new(key, "give exactly one of `secret` or `secret_file`")),
+        };
+        if secret.len() < 16 {
+            return Err(ConfigError::new(key, "the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"));
+        }
+        Ok(secret)
+    }
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -393,10 +418,17 @@ impl Config {
         self.tasks.values().map(|t| t.kill_grace).max().unwrap_or_default()
     }
 
-    /// What the stop stages may take together; must not exceed `shutdown.grace`.
+    /// What the stop stages may take together, allowances included; must not exceed
+    /// `shutdown.grace`.
     pub fn stop_budget(&self) -> Duration {
         let s = &self.shutdown;
-        s.http_drain + s.jobs_drain + self.max_kill_grace() + s.flush + s.db_close
+        s.http_drain + HTTP_CUT_ALLOWANCE + s.jobs_drain + self.jobs_cut_allowance() + s.flush + s.db_close
+    }
+
+    /// After `jobs_drain`, the jobs stage stops what still runs: SIGTERM, `kill_grace`,
+    /// SIGKILL, then the requeue is written.
+    pub fn jobs_cut_allowance(&self) -> Duration {
+        self.max_kill_grace() + REQUEUE_ALLOWANCE
     }
 
     /// Checks every rule that serde cannot express.
@@ -434,11 +466,11 @@ impl Config {
             return Err(ConfigError::new(
                 "shutdown.grace",
                 format!(
-                    "the stages need {} (http_drain {} + jobs_drain {} + longest task kill_grace {} + flush {} + db_close {}) but grace is {}; raise shutdown.grace or lower a stage",
+                    "the stages need {} (http_drain {} + 1s to cut + jobs_drain {} + {} to stop jobs (longest kill_grace + 1s) + flush {} + db_close {}) but grace is {}; raise shutdown.grace or lower a stage",
                     fmt_duration(self.stop_budget()),
                     fmt_duration(s.http_drain),
                     fmt_duration(s.jobs_drain),
-                    fmt_duration(self.max_kill_grace()),
+                    fmt_duration(self.jobs_cut_allowance()),
                     fmt_duration(s.flush),
                     fmt_duration(s.db_close),
                     fmt_duration(s.grace)
@@ -461,9 +493,7 @@ impl Config {
             if token.name.is_empty() {
                 return Err(ConfigError::new(format!("{key}.name"), "every token needs a name (it is what logs show)"));
             }
-            if token.secret.is_some() == token.secret_file.is_some() {
-                return Err(ConfigError::new(key, "give exactly one of `secret` or `secret_file`"));
-            }
+            token.resolve_secret(i)?;
             for task in &token.tasks {
                 if task != "*" && !self.tasks.contains_key(task) {
                     return Err(ConfigError::new(format!("{key}.tasks"), format!("names task `{task}`, which is not configured")));
@@ -606,7 +636,7 @@ mod tests {
 
     #[test]
     fn kill_grace_counts_in_the_budget() {
-        let toml = "[shutdown]\ngrace = \"51s\"\n[tasks.t]\ncommand = [\"/bin/true\"]\nkill_grace = \"2s\"\n";
+        let toml = "[shutdown]\ngrace = \"53s\"\n[tasks.t]\ncommand = [\"/bin/true\"]\nkill_grace = \"2s\"\n";
         assert_eq!(load(toml, &[]).unwrap_err().key, "shutdown.grace");
     }
 

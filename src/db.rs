@@ -34,13 +34,17 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
 }
 
-/// The embedded SQLite file: in `$STATE_DIRECTORY` under systemd, else `./shiftd-data/`.
-pub fn default_sqlite_path() -> PathBuf {
-    let dir = std::env::var_os("STATE_DIRECTORY")
+/// The state directory: `$STATE_DIRECTORY` under systemd, else `./shiftd-data/`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
         // systemd may pass several, separated by ':'; the first is ours.
         .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("shiftd-data"));
-    dir.join("shiftd.db")
+        .unwrap_or_else(|| PathBuf::from("shiftd-data"))
+}
+
+/// The embedded SQLite file, in the state directory.
+pub fn default_sqlite_path() -> PathBuf {
+    state_dir().join("shiftd.db")
 }
 
 /// The URL sqlx will use, and the backend it names.

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
 pub mod service;

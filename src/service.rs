@@ -13,7 +13,8 @@ use futures::FutureExt;
 
 use crate::config::{Config, ConfigError};
 use crate::db::{self, Db};
-use crate::http::{self, AppState, LiveSettings};
+use crate::http::{self, AppState, Auth, JobsState, LiveSettings, Metrics};
+use crate::jobs::{Runner, RunnerSettings, Store, Task};
 use crate::lifecycle::{self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step, StopReport, SystemdEnv};
 use crate::logging::LogControl;
 
@@ -56,17 +57,53 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     life.step("migrate", Step::Required, "check the database log", db.migrate()).await?;
     life.step("warm-up", Step::Optional, "readiness probes may be slow at first", warm_up(&db)).await?;
 
+    let auth = Auth::from_config(&config.auth).map_err(|e| StartupError::Failed { step: "auth", message: e.to_string() })?;
+    if !auth.enabled() {
+        tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
+    }
+    let metrics = Arc::new(Metrics::default());
+    metrics.previous_stop(&read_previous_stop());
+    let store = Store::new(db.pool.clone(), db.backend);
+    let runner = {
+        let metrics = metrics.clone();
+        Runner::start(store.clone(), RunnerSettings::from_config(&config), Arc::new(move |task, outcome, took| metrics.job_attempt(task, outcome, took)))
+    };
     let config = Arc::new(config);
     let state = AppState {
         lifecycle: life.handle(),
         db: db.clone(),
         live: Arc::new(LiveSettings { request_timeout: RwLock::new(config.http.request_timeout) }),
         config: Arc::new(RwLock::new(config.clone())),
+        tasks: Arc::new(RwLock::new(Arc::new(Task::all(&config.tasks)))),
+        auth: Arc::new(RwLock::new(Arc::new(auth))),
+        jobs: JobsState { store, runner },
+        metrics,
     };
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
     let router = http::router(state.clone(), body_limit);
     let app = Arc::new(Shiftd { state, config_path, log });
-    Ok(life.serve(listener, router, app).await)
+    let report = life.serve(listener, router, app).await;
+    write_previous_stop(&report);
+    Ok(report)
+}
+
+/// Where the previous stop's stage durations are kept for `/metrics`.
+fn previous_stop_path() -> PathBuf {
+    db::state_dir().join("last-stop.json")
+}
+
+fn read_previous_stop() -> Vec<(String, f64)> {
+    let Ok(text) = std::fs::read_to_string(previous_stop_path()) else { return Vec::new() };
+    serde_json::from_str::<Vec<(String, f64)>>(&text).unwrap_or_default()
+}
+
+fn write_previous_stop(report: &StopReport) {
+    let stages: Vec<(&str, f64)> = report.stages.iter().map(|(name, took)| (*name, took.as_secs_f64())).collect();
+    if let Ok(text) = serde_json::to_string(&stages) {
+        if let Err(e) = std::fs::write(previous_stop_path(), text) {
+            tracing::debug!(error = %e, "cannot record the stop's stage durations");
+        }
+    }
 }
 
 /// Fills the pool's first connection and checks a trivial query, so the first request
@@ -93,10 +130,14 @@ impl Shiftd {
                 tracing::warn!(key, "{key} changed; it takes effect at the next restart, not on reload");
             }
         }
+        let auth = Auth::from_config(&new.auth)?;
         if let Some(log) = &self.log {
             log.set_level(&new.log.level).map_err(|m| ConfigError { key: "log.level".into(), message: m })?;
         }
         *self.state.live.request_timeout.write().expect("settings lock poisoned") = new.http.request_timeout;
+        *self.state.auth.write().expect("auth lock poisoned") = Arc::new(auth);
+        *self.state.tasks.write().expect("tasks lock poisoned") = Arc::new(Task::all(&new.tasks));
+        self.state.jobs.runner.reconfigure(RunnerSettings::from_config(&new));
         let settings = lifecycle_settings(&new);
         *self.state.config.write().expect("config lock poisoned") = Arc::new(new);
         Ok(settings)
@@ -106,10 +147,22 @@ impl Shiftd {
 impl App for Shiftd {
     fn report(&self) -> Report {
         let pool = self.state.db.stats();
+        let depth = self.state.jobs.runner.depth();
+        let running = self.state.jobs.runner.running();
+        let queued: i64 = depth.values().map(|(q, _)| q).sum();
+        let mut line = format!("{}: {queued} jobs queued, {} running here", self.state.lifecycle.state().as_str(), running.len());
+        if let Some(longest) = running.first() {
+            line += &format!(" (longest {}s)", longest.age_seconds);
+        }
+        let per_task: Vec<String> = depth.iter().map(|(t, (q, r))| format!("{t}:{q}q/{r}r")).collect();
+        let ages: Vec<String> = running.iter().map(|j| format!("{}#{}:{}s", j.task, j.id, j.age_seconds)).collect();
         Report {
-            status_line: format!("{}: {} requests in flight", self.state.lifecycle.state().as_str(), self.state.lifecycle.in_flight()),
+            status_line: line,
             details: format!(
-                "connections={} pool_size={} pool_idle={} pool_max={} grace={}",
+                "queue=[{}] running=[{}] in_flight={} connections={} pool_size={} pool_idle={} pool_max={} grace={}",
+                per_task.join(" "),
+                ages.join(" "),
+                self.state.lifecycle.in_flight(),
                 self.state.lifecycle.connections(),
                 pool.size,
                 pool.idle,
@@ -132,26 +185,27 @@ impl App for Shiftd {
     }
 
     fn stop_plan(&self) -> Vec<Stage> {
-        stop_plan(&self.state.config(), self.state.db.clone())
+        stop_plan(&self.state.config(), self.state.db.clone(), self.state.jobs.runner.clone())
     }
 }
 
 /// The stop, in order, each stage with its budget. This list is the only place the order
 /// is written down; ARCHITECTURE.md describes it.
-pub fn stop_plan(config: &Config, db: Db) -> Vec<Stage> {
+pub fn stop_plan(config: &Config, db: Db, runner: Runner) -> Vec<Stage> {
     let s = &config.shutdown;
     let db_close = s.db_close;
+    let flusher = runner.clone();
     vec![
         // 1. STOPPING=1 and readyz 503 happen as the stop begins; then stop accepting.
         Stage::stop_accepting(),
         // 2. In-flight requests finish, answered with `Connection: close`.
         Stage::http_drain(s.http_drain),
         // 3. Running jobs: `finish` ones run on, the rest are stopped and requeued.
-        Stage::waiting("jobs", "shutdown.jobs_drain", s.jobs_drain, config.max_kill_grace(), |_ctx| {
-            async { StageOutcome::Done("no jobs running".into()) }.boxed()
+        Stage::waiting("jobs", "shutdown.jobs_drain", s.jobs_drain, config.jobs_cut_allowance(), move |ctx| {
+            async move { runner.drain(ctx).await }.boxed()
         }),
         // 4. Buffers (job output) to the database.
-        Stage::finishing("flush", "shutdown.flush", s.flush, |_ctx| async { StageOutcome::Done("nothing buffered".into()) }.boxed()),
+        Stage::finishing("flush", "shutdown.flush", s.flush, move |_ctx| async move { flusher.flush().await }.boxed()),
         // 5. The pool, bounded: sqlx's close() waits forever for connections in use.
         Stage::finishing("db-close", "shutdown.db_close", db_close, move |_ctx| {
             async move {

@@ -9,8 +9,8 @@ use axum::Json;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or malformed Authorization header; send `Authorization: Bearer <token>`")]
-    Unauthorized,
+    #[error("{0}")]
+    Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -29,7 +29,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,

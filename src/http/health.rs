@@ -11,11 +11,13 @@ use super::AppState;
 use crate::config::fmt_duration;
 
 /// 200 while the process serves at all.
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "Serving")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// 200 only when the database answers and the service is not stopping.
+#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the database does not answer", body = super::jobs::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.lifecycle.is_stopping() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "draining: this process is stopping");
@@ -27,6 +29,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// The state of this process, for people and monitors.
+#[utoipa::path(get, path = "/v1/status", tag = "service", responses((status = 200, description = "State, budgets, pool, queue depth and running jobs")))]
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let config = state.config();
     let s = &config.shutdown;
@@ -47,5 +50,9 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "stop_total": fmt_duration(config.stop_budget()),
             "request_timeout": fmt_duration(config.http.request_timeout),
         },
+        "queue": state.jobs.runner.depth().into_iter().map(|(task, (queued, running))| (task, json!({ "queued": queued, "running": running }))).collect::<serde_json::Map<_, _>>(),
+        "running_jobs": state.jobs.runner.running(),
+        "buffered_output_lines": state.jobs.runner.buffered_lines(),
+        "auth": if state.auth().enabled() { "tokens" } else { "open" },
     }))
 }

@@ -1,25 +1,43 @@
 //! The HTTP API: a router built from the application state, so tests can call it directly.
 
+pub mod auth;
 pub mod error;
 pub mod health;
+pub mod jobs;
+pub mod metrics;
 pub mod middleware;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::{HeaderName, Request};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::jobs::{Runner, Store, Task};
 use crate::lifecycle::Handle;
 
+pub use auth::Auth;
 pub use error::ApiError;
+pub use metrics::Metrics;
 pub use middleware::LiveSettings;
+
+/// The job parts handlers use.
+#[derive(Clone)]
+pub struct JobsState {
+    pub store: Store,
+    pub runner: Runner,
+}
 
 /// Everything a handler may need. Cheap to clone.
 #[derive(Clone)]
@@ -27,13 +45,29 @@ pub struct AppState {
     pub lifecycle: Handle,
     pub db: Db,
     pub live: Arc<LiveSettings>,
-    /// The configuration in force (replaced on reload).
-    pub config: Arc<std::sync::RwLock<Arc<Config>>>,
+    /// The configuration in force (replaced on reload), with what is derived from it.
+    pub config: Arc<RwLock<Arc<Config>>>,
+    pub tasks: Arc<RwLock<Arc<BTreeMap<String, Arc<Task>>>>>,
+    pub auth: Arc<RwLock<Arc<Auth>>>,
+    pub jobs: JobsState,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn config(&self) -> Arc<Config> {
         self.config.read().expect("config lock poisoned").clone()
+    }
+
+    pub fn tasks(&self) -> Arc<BTreeMap<String, Arc<Task>>> {
+        self.tasks.read().expect("tasks lock poisoned").clone()
+    }
+
+    pub fn task(&self, name: &str) -> Option<Arc<Task>> {
+        self.tasks().get(name).cloned()
+    }
+
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.read().expect("auth lock poisoned").clone()
     }
 
     /// How long a readiness probe may wait for the database.
@@ -44,13 +78,73 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "shiftd", description = "Durable jobs over HTTP. Every error is {\"error\": code, \"message\": text}."),
+    modifiers(&BearerAuth),
+    tags((name = "jobs", description = "Start and follow jobs"), (name = "service", description = "Health and status"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The routes and the OpenAPI document made from the same list, so they cannot drift apart.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::status))
+        .routes(routes!(jobs::create_job))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::job_log))
+        .routes(routes!(jobs::list_tasks))
+        .split_for_parts()
+}
+
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = api();
+    doc.paths.paths.insert(
+        "/v1/openapi.json".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .tag("service")
+                .summary(Some("This document"))
+                .response("200", utoipa::openapi::ResponseBuilder::new().description("OpenAPI 3 document")),
+        ),
+    );
+    doc.paths.paths.insert(
+        "/metrics".into(),
+        utoipa::openapi::path::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .tag("service")
+                .summary(Some("Prometheus metrics"))
+                .response("200", utoipa::openapi::ResponseBuilder::new().description("OpenMetrics text")),
+        ),
+    );
+    doc
+}
+
 /// The whole API with its middleware.
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let live = state.live.clone();
-    let routes = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/status", get(health::status))
+    let metrics = state.metrics.clone();
+    let doc = Arc::new(openapi());
+    let (routes, _) = api();
+    let routes = routes
+        .route("/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .route("/metrics", get(metrics::render))
         .with_state(state);
     routes.layer(
         ServiceBuilder::new()
@@ -66,6 +160,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                     .on_failure(()),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
             .layer(axum::middleware::from_fn(middleware::json_errors))
             .layer(axum::extract::DefaultBodyLimit::max(body_limit))
             .layer(axum::middleware::from_fn_with_state(live, middleware::request_timeout)),

@@ -18,6 +18,9 @@ use super::server::{DrainOutcome, Server};
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_EXTENDS: Duration = Duration::from_secs(3);
 
+/// After `http_drain`, the time the drain stage gets to close what is still open.
+pub const HTTP_CUT_ALLOWANCE: Duration = Duration::from_secs(1);
+
 /// What a custom stage does, given its context.
 pub type StageFn = Box<dyn FnOnce(StageContext) -> BoxFuture<'static, StageOutcome> + Send>;
 
@@ -50,7 +53,7 @@ impl Stage {
 
     /// In-flight requests finish; idle connections get `idle_close`; the rest is cut.
     pub fn http_drain(budget: Duration) -> Self {
-        Self { name: "http-drain", setting: "shutdown.http_drain", budget, cut_allowance: Duration::from_secs(1), waits: true, work: Work::HttpDrain }
+        Self { name: "http-drain", setting: "shutdown.http_drain", budget, cut_allowance: HTTP_CUT_ALLOWANCE, waits: true, work: Work::HttpDrain }
     }
 
     /// A stage that waits for work to finish (cut at its budget, or at once on a fast stop).
@@ -105,6 +108,8 @@ pub enum StageOutcome {
 pub struct StopReport {
     /// Names of the stages that had to cut work.
     pub cut: Vec<&'static str>,
+    /// Every stage run, with how long it took.
+    pub stages: Vec<(&'static str, Duration)>,
     pub elapsed: Duration,
 }
 
@@ -172,6 +177,7 @@ pub(crate) async fn run_plan(plan: Vec<Stage>, server: &mut Server, grace: Durat
             }
         };
         let took = stage_started.elapsed();
+        report.stages.push((name, took));
         match &outcome {
             StageOutcome::Done(what) => {
                 tracing::info!(stage = name, duration_ms = took.as_millis() as u64, outcome = "done", "shutdown stage {name} done in {took:.0?}: {what}");

@@ -1,0 +1,336 @@
+//! The jobs API: start, read, list, cancel, follow the log, list tasks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::jobs::{Job, JobPage, JobState, ListFilter};
+
+/// Lines of output included in `GET /v1/jobs/{id}`.
+const TAIL_LINES: i64 = 20;
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The body of a start request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Parameter values by name; each must match the task's rule.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A job with the end of its output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    /// The last lines of output, oldest first.
+    pub output_tail: Vec<String>,
+}
+
+/// The JSON shape of every error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// A configured task, as clients see it (no environment values).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    pub name: String,
+    pub command: Vec<String>,
+    /// Parameter names and the regex each value must match in full.
+    pub params: BTreeMap<String, String>,
+    pub env_keys: Vec<String>,
+    pub timeout_seconds: u64,
+    pub concurrency: u32,
+    pub max_attempts: u32,
+    pub on_shutdown: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only jobs of this task.
+    pub task: Option<String>,
+    /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+    pub state: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// `1` or `true`: keep the response open and send new lines until the job ends.
+    pub follow: Option<String>,
+}
+
+fn parse_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("`{raw}` is not a job id; job ids are positive integers")))
+}
+
+async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+    let id = parse_id(raw_id)?;
+    state.jobs.store.get(id).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+/// Start a job of a task.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{task}/jobs",
+    tag = "jobs",
+    params(
+        ("task" = String, Path, description = "Task name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key within 24 h returns the same job (200)")
+    ),
+    request_body(content = CreateJob, description = "Parameters (the body may be empty)"),
+    responses(
+        (status = 202, description = "Queued", body = Job),
+        (status = 200, description = "The job made earlier with this Idempotency-Key", body = Job),
+        (status = 400, description = "Malformed body or header", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Token may not start this task", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Parameters refused", body = ErrorBody),
+        (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn create_job(State(state): State<AppState>, Path(task_name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let caller = state.auth().authenticate(&headers)?;
+    let task = state
+        .task(&task_name)
+        .ok_or_else(|| ApiError::NotFound(format!("no task named `{task_name}`; GET /v1/tasks lists them")))?;
+    caller.may_use(&task_name)?;
+    let request: CreateJob = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateJob { params: serde_json::Map::new() }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}")))?
+    };
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()));
+            Some(key.ok_or_else(|| ApiError::BadRequest(format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")))?)
+        }
+    };
+    let params = task.check_params(&request.params).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
+    let (job, created) =
+        state.jobs.store.enqueue(&task_name, &params, i64::from(task.config.max_attempts), key, caller.name.as_deref()).await?;
+    if created {
+        state.jobs.runner.wake();
+        tracing::info!(job = job.id, task = %task_name, token = caller.name.as_deref().unwrap_or("-"), "job queued");
+    }
+    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((status, [(header::LOCATION, format!("/v1/jobs/{}", job.id))], Json(job)).into_response())
+}
+
+/// One job, with the end of its output.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id (a positive integer)")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<JobView>, ApiError> {
+    state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id).await?;
+    let output_tail = state.jobs.store.output_tail(job.id, TAIL_LINES).await?;
+    Ok(Json(JobView { job, output_tail }))
+}
+
+/// Jobs, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = []))
+)]
+pub async fn list_jobs(State(state): State<AppState>, Query(q): Query<ListQuery>, headers: HeaderMap) -> Result<Json<JobPage>, ApiError> {
+    state.auth().authenticate(&headers)?;
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit `{raw}` must be a number from 1 to 500")))?,
+    };
+    let state_filter = match q.state.as_deref() {
+        None => None,
+        Some(raw) => Some(JobState::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest(format!("state `{raw}` is not one of queued, running, succeeded, failed, cancelled"))
+        })?),
+    };
+    let before_id = match q.cursor.as_deref() {
+        None => None,
+        Some(raw) => Some(parse_id(raw).map_err(|_| ApiError::BadRequest(format!("cursor `{raw}` is not one this API gave out")))?),
+    };
+    let filter = ListFilter { task: q.task, state: state_filter, before_id, limit };
+    Ok(Json(state.jobs.store.list(&filter).await?))
+}
+
+/// Cancel a job: a queued one never runs; a running one is stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled, or flagged for its runner to stop", body = Job),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Job>, ApiError> {
+    let caller = state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id).await?;
+    caller.may_use(&job.task)?;
+    if job.state.is_final() {
+        return Err(ApiError::Conflict(format!("job {} already ended: {}", job.id, job.state.as_str())));
+    }
+    let job = state.jobs.store.cancel(job.id).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    state.jobs.runner.cancel_local(job.id);
+    tracing::info!(job = job.id, token = caller.name.as_deref().unwrap_or("-"), "job cancel requested");
+    Ok(Json(job))
+}
+
+/// A job's output as text; with `follow=1`, new lines stream until the job ends.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/log",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), LogQuery),
+    responses(
+        (status = 200, description = "Output lines", content_type = "text/plain", body = String),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn job_log(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<LogQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id).await?;
+    let follow = match q.follow.as_deref() {
+        None | Some("0") | Some("false") => false,
+        Some("1") | Some("true") => true,
+        Some(other) => return Err(ApiError::BadRequest(format!("follow `{other}` must be 1 or 0"))),
+    };
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !follow {
+        let mut body = String::new();
+        let mut after = 0;
+        loop {
+            let lines = state.jobs.store.output(job.id, after, 1000).await?;
+            let Some(last) = lines.last() else { break };
+            after = last.seq;
+            for l in &lines {
+                body.push_str(&l.line);
+                body.push('\n');
+            }
+        }
+        return Ok((text, body).into_response());
+    }
+    Ok((text, [(header::CACHE_CONTROL, "no-cache")], Body::from_stream(follow_stream(state, job.id))).into_response())
+}
+
+/// New lines as they are written, until the job ends or this process starts to stop
+/// (the stream then ends cleanly; a client reconnects to the next process).
+fn follow_stream(state: AppState, job_id: i64) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let poll = state.config().jobs.log_flush_interval.max(Duration::from_millis(100));
+    futures::stream::unfold((state, 0i64, false), move |(state, after, ended)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            let lines = match state.jobs.store.output(job_id, after, 500).await {
+                Ok(lines) => lines,
+                Err(e) => return Some((Err(std::io::Error::other(e)), (state, after, true))),
+            };
+            if let Some(last) = lines.last() {
+                let next = last.seq;
+                let mut chunk = String::new();
+                for l in &lines {
+                    chunk.push_str(&l.line);
+                    chunk.push('\n');
+                }
+                return Some((Ok(Bytes::from(chunk)), (state, next, false)));
+            }
+            let finished = matches!(state.jobs.store.get(job_id).await, Ok(Some(job)) if job.state.is_final());
+            // Lines written before the final state are in the database already (the
+            // runner writes output first), so one more empty read means we have them all.
+            if finished && state.jobs.store.output(job_id, after, 1).await.map(|l| l.is_empty()).unwrap_or(true) {
+                return None;
+            }
+            if state.lifecycle.is_stopping() {
+                return None;
+            }
+            tokio::select! {
+                _ = state.lifecycle.stopping() => return None,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    })
+}
+
+/// The configured tasks.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "jobs",
+    responses((status = 200, body = Vec<TaskView>), (status = 401, body = ErrorBody)),
+    security((), ("bearer" = []))
+)]
+pub async fn list_tasks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TaskView>>, ApiError> {
+    state.auth().authenticate(&headers)?;
+    let tasks = state.tasks();
+    Ok(Json(
+        tasks
+            .values()
+            .map(|t| TaskView {
+                name: t.name.clone(),
+                command: t.config.command.clone(),
+                params: t.config.params.clone(),
+                env_keys: t.config.env.keys().cloned().collect(),
+                timeout_seconds: t.config.timeout.as_secs(),
+                concurrency: t.config.concurrency,
+                max_attempts: t.config.max_attempts,
+                on_shutdown: format!("{:?}", t.config.on_shutdown).to_lowercase(),
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,13 @@
+//! Durable jobs: task definitions, the queue in the database, the output buffer and the runner.
+//!
+//! Nothing here reads signals or talks to systemd: the runner takes part in a stop through
+//! [`Runner::drain`] and [`Runner::flush`], which `service::stop_plan` puts in the stage list.
+
+pub mod output;
+pub mod runner;
+pub mod store;
+pub mod task;
+
+pub use runner::{Runner, RunnerSettings, RunningJob};
+pub use store::{Job, JobPage, JobState, ListFilter, OutputLine, Store};
+pub use task::{ParamError, Task};

@@ -1,0 +1,489 @@
+//! The queue in the database: every SQL statement about jobs and their output.
+//!
+//! The same schema and statements serve SQLite and PostgreSQL; only the claim differs
+//! (PostgreSQL adds `FOR UPDATE SKIP LOCKED` so several processes never take one job).
+//! Times are milliseconds since the Unix epoch.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use crate::config::Backend;
+
+/// Where a job is in its life. Final: succeeded, failed, cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    pub id: i64,
+    pub task: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub state: JobState,
+    /// Attempts started so far (a requeue at shutdown does not count).
+    pub attempts: i64,
+    pub max_attempts: i64,
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<i64>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    /// The signal that ended the last attempt, if one did.
+    pub exit_signal: Option<i64>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
+    #[serde(skip)]
+    pub run_after: i64,
+}
+
+fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    let t = UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64);
+    s.serialize_str(&humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => rfc3339(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+const JOB_COLUMNS: &str = "id, task, params, state, attempts, max_attempts, created_at, updated_at, started_at, finished_at, \
+     exit_code, exit_signal, error, cancel_requested, lease_owner, run_after";
+
+impl Job {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        let state: String = row.try_get("state")?;
+        let params: String = row.try_get("params")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            task: row.try_get("task")?,
+            params: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
+            state: JobState::parse(&state).ok_or_else(|| sqlx::Error::Decode(format!("unknown job state `{state}`").into()))?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            exit_code: row.try_get("exit_code")?,
+            exit_signal: row.try_get("exit_signal")?,
+            error: row.try_get("error")?,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+            lease_owner: row.try_get("lease_owner")?,
+            run_after: row.try_get("run_after")?,
+        })
+    }
+}
+
+/// One line of a job's output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputLine {
+    pub job_id: i64,
+    pub seq: i64,
+    pub attempt: i64,
+    /// `stdout`, `stderr`, or `shiftd` for lines the service adds (start, exit, kill).
+    pub stream: &'static str,
+    pub at: i64,
+    pub line: String,
+}
+
+/// How an attempt ended, as the runner saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub state: JobState,
+    pub exit_code: Option<i64>,
+    pub exit_signal: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters for listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub task: Option<String>,
+    pub state: Option<JobState>,
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Idempotency keys are honoured for this long.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// All queue statements over one pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Store {
+    pub fn new(pool: AnyPool, backend: Backend) -> Self {
+        Self { pool, backend }
+    }
+
+    /// Adds a job, or returns the one already made with this idempotency key in the last 24 h.
+    /// The boolean is true when a new job was created.
+    pub async fn enqueue(
+        &self,
+        task: &str,
+        params: &serde_json::Value,
+        max_attempts: i64,
+        idempotency_key: Option<&str>,
+        token_name: Option<&str>,
+    ) -> Result<(Job, bool), sqlx::Error> {
+        let now = now_ms();
+        if let Some(key) = idempotency_key {
+            if let Some(existing) = self.by_idempotency_key(task, key).await? {
+                if existing.created_at >= now - IDEMPOTENCY_WINDOW.as_millis() as i64 {
+                    return Ok((existing, false));
+                }
+                // Expired: free the key for the new job.
+                sqlx::query("UPDATE jobs SET idempotency_key = NULL WHERE id = $1").bind(existing.id).execute(&self.pool).await?;
+            }
+        }
+        let sql = format!(
+            "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) \
+             VALUES ($1, $2, 'queued', 0, $3, $4, $5, $6, $6, $6, 0) RETURNING {JOB_COLUMNS}"
+        );
+        let inserted = sqlx::query(&sql)
+            .bind(task)
+            .bind(params.to_string())
+            .bind(max_attempts)
+            .bind(idempotency_key.map(str::to_string))
+            .bind(token_name.map(str::to_string))
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await;
+        match inserted {
+            Ok(row) => Ok((Job::from_row(&row)?, true)),
+            // Two requests with the same key raced: the other one won; return its job.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && idempotency_key.is_some() => {
+                let job = self.by_idempotency_key(task, idempotency_key.unwrap_or_default()).await?.ok_or(sqlx::Error::RowNotFound)?;
+                Ok((job, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn by_idempotency_key(&self, task: &str, key: &str) -> Result<Option<Job>, sqlx::Error> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE task = $1 AND idempotency_key = $2");
+        let row = sqlx::query(&sql).bind(task).bind(key).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Job::from_row).transpose()
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<Job>, sqlx::Error> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Job::from_row).transpose()
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<JobPage, sqlx::Error> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if filter.task.is_some() {
+            sql += &format!(" AND task = {}", next());
+        }
+        if filter.state.is_some() {
+            sql += &format!(" AND state = {}", next());
+        }
+        if filter.before_id.is_some() {
+            sql += &format!(" AND id < {}", next());
+        }
+        sql += &format!(" ORDER BY id DESC LIMIT {}", next());
+        let mut query = sqlx::query(&sql);
+        if let Some(task) = &filter.task {
+            query = query.bind(task.clone());
+        }
+        if let Some(state) = filter.state {
+            query = query.bind(state.as_str());
+        }
+        if let Some(id) = filter.before_id {
+            query = query.bind(id);
+        }
+        let rows = query.bind(filter.limit + 1).fetch_all(&self.pool).await?;
+        let mut jobs = rows.iter().map(Job::from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if jobs.len() as i64 > filter.limit {
+            jobs.truncate(filter.limit as usize);
+            jobs.last().map(|j| j.id.to_string())
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Cancels a job: a queued one never runs; a running one is flagged for its runner.
+    /// Returns the job after the change, or None if there is no such job.
+    pub async fn cancel(&self, id: i64) -> Result<Option<Job>, sqlx::Error> {
+        let now = now_ms();
+        sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1, error = 'cancelled before it ran' WHERE id = $2 AND state = 'queued'")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND state = 'running'")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.get(id).await
+    }
+
+    /// Takes the oldest runnable job of one of `tasks` for `owner`: a queued job whose time
+    /// has come, or a running one whose lease expired (its worker died). Attempts + 1.
+    pub async fn claim(&self, owner: &str, tasks: &[String], lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+        if tasks.is_empty() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let placeholders: Vec<String> = (0..tasks.len()).map(|i| format!("${}", i + 4)).collect();
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            // One statement is one short write transaction: SQLite serialises writers.
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
+             started_at = $3, updated_at = $3, cancel_requested = 0 \
+             WHERE id = (SELECT id FROM jobs WHERE task IN ({}) AND \
+               ((state = 'queued' AND run_after <= $3) OR (state = 'running' AND lease_until < $3)) \
+               ORDER BY id LIMIT 1{lock}) \
+             RETURNING {JOB_COLUMNS}",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(owner).bind(now + lease.as_millis() as i64).bind(now);
+        for task in tasks {
+            query = query.bind(task.clone());
+        }
+        let row = query.fetch_optional(&self.pool).await?;
+        row.as_ref().map(Job::from_row).transpose()
+    }
+
+    /// Extends the lease. Returns `Some(cancel_requested)` while the job is still ours,
+    /// `None` if another worker took it (our lease had expired).
+    pub async fn renew(&self, id: i64, owner: &str, lease: Duration) -> Result<Option<bool>, sqlx::Error> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING cancel_requested",
+        )
+        .bind(now + lease.as_millis() as i64)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get::<i64, _>("cancel_requested").map(|c| c != 0)).transpose()
+    }
+
+    /// Records how an attempt ended. A failure with attempts left goes back to the queue
+    /// after `backoff`. Returns false if the job was no longer ours.
+    pub async fn finish(&self, job: &Job, owner: &str, finish: &Finish, backoff: Duration) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
+        let (state, finished_at, run_after) = if retry {
+            (JobState::Queued, None, now + backoff.as_millis() as i64)
+        } else {
+            (finish.state, Some(now), job.run_after)
+        };
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $3, run_after = $4, exit_code = $5, exit_signal = $6, \
+             error = $7, lease_owner = NULL, lease_until = NULL WHERE id = $8 AND lease_owner = $9 AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(finished_at)
+        .bind(now)
+        .bind(run_after)
+        .bind(finish.exit_code)
+        .bind(finish.exit_signal)
+        .bind(finish.error.clone())
+        .bind(job.id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a job stopped by a shutdown back in the queue without counting the attempt.
+    pub async fn requeue(&self, id: i64, owner: &str) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_after = $1, updated_at = $1, lease_owner = NULL, \
+             lease_until = NULL WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Fails queued jobs whose task is no longer configured, so they still reach a final state.
+    pub async fn fail_unknown_tasks(&self, known: &[String]) -> Result<u64, sqlx::Error> {
+        let now = now_ms();
+        let mut sql = String::from(
+            "UPDATE jobs SET state = 'failed', finished_at = $1, updated_at = $1, error = 'its task is no longer configured' WHERE state = 'queued'",
+        );
+        if !known.is_empty() {
+            let placeholders: Vec<String> = (0..known.len()).map(|i| format!("${}", i + 2)).collect();
+            sql += &format!(" AND task NOT IN ({})", placeholders.join(", "));
+        }
+        let mut query = sqlx::query(&sql).bind(now);
+        for task in known {
+            query = query.bind(task.clone());
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// The highest output sequence number of a job (0 if none), so a new attempt appends.
+    pub async fn last_seq(&self, job_id: i64) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM job_output WHERE job_id = $1").bind(job_id).fetch_one(&self.pool).await?;
+        row.try_get::<i64, _>("last")
+    }
+
+    /// Writes output lines in one statement per batch.
+    pub async fn append_output(&self, lines: &[OutputLine]) -> Result<(), sqlx::Error> {
+        // 6 binds a line; stay well under every backend's bind limit.
+        for chunk in lines.chunks(500) {
+            let mut sql = String::from("INSERT INTO job_output (job_id, seq, attempt, stream, at, line) VALUES ");
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 6;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                })
+                .collect();
+            sql += &values.join(", ");
+            // A retried batch after a blip may have been written already.
+            sql += " ON CONFLICT (job_id, seq) DO NOTHING";
+            let mut query = sqlx::query(&sql);
+            for l in chunk {
+                query = query.bind(l.job_id).bind(l.seq).bind(l.attempt).bind(l.stream).bind(l.at).bind(l.line.clone());
+            }
+            query.execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Output lines after `after_seq`, oldest first.
+    pub async fn output(&self, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<OutputLine>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job_id, seq, attempt, stream, at, line FROM job_output WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(job_id)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let stream: String = r.try_get("stream")?;
+                Ok(OutputLine {
+                    job_id: r.try_get("job_id")?,
+                    seq: r.try_get("seq")?,
+                    attempt: r.try_get("attempt")?,
+                    stream: match stream.as_str() {
+                        "stdout" => "stdout",
+                        "stderr" => "stderr",
+                        _ => "shiftd",
+                    },
+                    at: r.try_get("at")?,
+                    line: r.try_get("line")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The last `n` output lines, oldest first.
+    pub async fn output_tail(&self, job_id: i64, n: i64) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT line FROM job_output WHERE job_id = $1 ORDER BY seq DESC LIMIT $2").bind(job_id).bind(n).fetch_all(&self.pool).await?;
+        let mut lines = rows.iter().map(|r| r.try_get::<String, _>("line")).collect::<Result<Vec<_>, _>>()?;
+        lines.reverse();
+        Ok(lines)
+    }
+
+    /// Queued and running jobs by task: `(queued, running)`.
+    pub async fn counts_active(&self) -> Result<std::collections::BTreeMap<String, (i64, i64)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT task, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') GROUP BY task, state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for r in &rows {
+            let task: String = r.try_get("task")?;
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            let entry: &mut (i64, i64) = out.entry(task).or_default();
+            if state == "queued" {
+                entry.0 = n;
+            } else {
+                entry.1 = n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs by task and state, for status and metrics.
+    pub async fn counts(&self) -> Result<Vec<(String, JobState, i64)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT task, state, COUNT(*) AS n FROM jobs GROUP BY task, state").fetch_all(&self.pool).await?;
+        rows.iter()
+            .filter_map(|r| {
+                let state: String = r.try_get("state").ok()?;
+                Some(Ok((r.try_get("task").ok()?, JobState::parse(&state)?, r.try_get("n").ok()?)))
+            })
+            .collect()
+    }
+}
