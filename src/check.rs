@@ -17,7 +17,9 @@ pub fn run(path: Option<&Path>) -> u8 {
     };
     let source = match path {
         Some(p) => p.display().to_string(),
-        None if Path::new(crate::config::DEFAULT_CONFIG_PATH).exists() => crate::config::DEFAULT_CONFIG_PATH.to_string(),
+        None if Path::new(crate::config::DEFAULT_CONFIG_PATH).exists() => {
+            crate::config::DEFAULT_CONFIG_PATH.to_string()
+        }
         None => "built-in defaults".to_string(),
     };
     println!("# shiftd check: configuration from {source} (plus SHIFTD_* overrides) is valid");

@@ -50,7 +50,9 @@ pub mod exit {
 pub fn man_page() -> std::io::Result<Vec<u8>> {
     use clap::CommandFactory;
     let cmd = Cli::command();
-    let man = clap_mangen::Man::new(cmd).section("8").manual("System Administration");
+    let man = clap_mangen::Man::new(cmd)
+        .section("8")
+        .manual("System Administration");
     let mut out = Vec::new();
     man.render_title(&mut out)?;
     man.render_name_section(&mut out)?;

@@ -35,7 +35,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -94,7 +97,11 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: String::new(), max_connections: 8, connect_timeout: Duration::from_secs(5) }
+        Self {
+            url: String::new(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -108,7 +115,9 @@ pub struct StartupConfig {
 
 impl Default for StartupConfig {
     fn default() -> Self {
-        Self { step_timeout: Duration::from_secs(30) }
+        Self {
+            step_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -158,7 +167,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into() }
+        Self {
+            level: "info".into(),
+        }
     }
 }
 
@@ -217,13 +228,26 @@ impl TokenConfig {
         let secret = match (&self.secret, &self.secret_file) {
             (Some(s), None) => s.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::new(format!("{key}.secret_file"), format!("cannot read {}: {e}", path.display())))?
+                .map_err(|e| {
+                    ConfigError::new(
+                        format!("{key}.secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
                 .trim_end()
                 .to_string(),
-            _ => return Err(ConfigError::new(key, "give exactly one of `secret` or `secret_file`")),
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "give exactly one of `secret` or `secret_file`",
+                ))
+            }
         };
         if secret.len() < 16 {
-            return Err(ConfigError::new(key, "the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"));
+            return Err(ConfigError::new(
+                key,
+                "the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
         }
         Ok(secret)
     }
@@ -298,11 +322,13 @@ pub struct ByteSize(pub u64);
 impl ByteSize {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size; write a number of bytes or e.g. \"1MiB\""))?;
+        let number: u64 = digits.parse().map_err(|_| {
+            format!("`{text}` is not a size; write a number of bytes or e.g. \"1MiB\"")
+        })?;
         let factor = match unit.trim() {
             "" | "B" => 1,
             "KB" | "kB" => 1_000,
@@ -311,9 +337,16 @@ impl ByteSize {
             "MiB" => 1 << 20,
             "GB" => 1_000_000_000,
             "GiB" => 1 << 30,
-            other => return Err(format!("unknown size unit `{other}`; use B, KiB, MiB, GiB, KB, MB or GB")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}`; use B, KiB, MiB, GiB, KB, MB or GB"
+                ))
+            }
         };
-        number.checked_mul(factor).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
     }
 }
 
@@ -368,7 +401,10 @@ impl Config {
     }
 
     /// As [`Config::load`], with the environment passed in (for tests).
-    pub fn load_from(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+    pub fn load_from(
+        explicit: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         let path = match explicit {
             Some(p) => Some(p.to_path_buf()),
             None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
@@ -376,7 +412,10 @@ impl Config {
         let mut builder = config::Config::builder();
         if let Some(path) = &path {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new(path.display().to_string(), format!("cannot read the file: {e}"))
+                ConfigError::new(
+                    path.display().to_string(),
+                    format!("cannot read the file: {e}"),
+                )
             })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
@@ -388,7 +427,10 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(overrides)),
         );
-        let source = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
+        let source = path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults".into());
         let merged = builder
             .build()
             .map_err(|e| ConfigError::new(source.clone(), format!("cannot parse: {e}")))?;
@@ -398,7 +440,10 @@ impl Config {
         let value = config::Value::new(None, config::ValueKind::Table(map));
         let parsed: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::new(if key == "." { source.clone() } else { key }, e.into_inner().to_string())
+            ConfigError::new(
+                if key == "." { source.clone() } else { key },
+                e.into_inner().to_string(),
+            )
         })?;
         parsed.validate()?;
         Ok(parsed)
@@ -406,7 +451,9 @@ impl Config {
 
     /// The backend the configured URL names.
     pub fn backend(&self) -> Backend {
-        if self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://") {
+        if self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://")
+        {
             Backend::Postgres
         } else {
             Backend::Sqlite
@@ -415,14 +462,23 @@ impl Config {
 
     /// The longest `kill_grace` of any task: the jobs stage needs it after its drain budget.
     pub fn max_kill_grace(&self) -> Duration {
-        self.tasks.values().map(|t| t.kill_grace).max().unwrap_or_default()
+        self.tasks
+            .values()
+            .map(|t| t.kill_grace)
+            .max()
+            .unwrap_or_default()
     }
 
     /// What the stop stages may take together, allowances included; must not exceed
     /// `shutdown.grace`.
     pub fn stop_budget(&self) -> Duration {
         let s = &self.shutdown;
-        s.http_drain + HTTP_CUT_ALLOWANCE + s.jobs_drain + self.jobs_cut_allowance() + s.flush + s.db_close
+        s.http_drain
+            + HTTP_CUT_ALLOWANCE
+            + s.jobs_drain
+            + self.jobs_cut_allowance()
+            + s.flush
+            + s.db_close
     }
 
     /// After `jobs_drain`, the jobs stage stops what still runs: SIGTERM, `kill_grace`,
@@ -433,14 +489,22 @@ impl Config {
 
     /// Checks every rule that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.http
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| ConfigError::new("http.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.http.listen)))?;
+        self.http.listen.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new(
+                "http.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.http.listen
+                ),
+            )
+        })?;
         positive("http.request_timeout", self.http.request_timeout)?;
         positive("http.header_read_timeout", self.http.header_read_timeout)?;
         if self.http.body_limit.0 == 0 {
-            return Err(ConfigError::new("http.body_limit", "must be at least 1 byte"));
+            return Err(ConfigError::new(
+                "http.body_limit",
+                "must be at least 1 byte",
+            ));
         }
         let url = &self.database.url;
         if !(url.is_empty()
@@ -454,7 +518,10 @@ impl Config {
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be at least 1",
+            ));
         }
         positive("database.connect_timeout", self.database.connect_timeout)?;
         positive("startup.step_timeout", self.startup.step_timeout)?;
@@ -478,7 +545,13 @@ impl Config {
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            ConfigError::new("log.level", format!("`{}` is not a filter like `info` or `shiftd=debug`: {e}", self.log.level))
+            ConfigError::new(
+                "log.level",
+                format!(
+                    "`{}` is not a filter like `info` or `shiftd=debug`: {e}",
+                    self.log.level
+                ),
+            )
         })?;
         if self.jobs.workers == 0 {
             return Err(ConfigError::new("jobs.workers", "must be at least 1"));
@@ -486,17 +559,26 @@ impl Config {
         positive("jobs.poll_interval", self.jobs.poll_interval)?;
         positive("jobs.log_flush_interval", self.jobs.log_flush_interval)?;
         if self.jobs.lease < Duration::from_secs(1) {
-            return Err(ConfigError::new("jobs.lease", "must be at least 1s (it is renewed at a third of it)"));
+            return Err(ConfigError::new(
+                "jobs.lease",
+                "must be at least 1s (it is renewed at a third of it)",
+            ));
         }
         for (i, token) in self.auth.tokens.iter().enumerate() {
             let key = format!("auth.tokens[{i}]");
             if token.name.is_empty() {
-                return Err(ConfigError::new(format!("{key}.name"), "every token needs a name (it is what logs show)"));
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    "every token needs a name (it is what logs show)",
+                ));
             }
             token.resolve_secret(i)?;
             for task in &token.tasks {
                 if task != "*" && !self.tasks.contains_key(task) {
-                    return Err(ConfigError::new(format!("{key}.tasks"), format!("names task `{task}`, which is not configured")));
+                    return Err(ConfigError::new(
+                        format!("{key}.tasks"),
+                        format!("names task `{task}`, which is not configured"),
+                    ));
                 }
             }
         }
@@ -510,19 +592,35 @@ impl Config {
 impl TaskConfig {
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let key = |k: &str| format!("tasks.{name}.{k}");
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.is_empty() {
-            return Err(ConfigError::new(format!("tasks.{name}"), "task names may use letters, digits, '-' and '_'"));
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || name.is_empty()
+        {
+            return Err(ConfigError::new(
+                format!("tasks.{name}"),
+                "task names may use letters, digits, '-' and '_'",
+            ));
         }
         let Some(program) = self.command.first() else {
-            return Err(ConfigError::new(key("command"), "must be a non-empty argv array like [\"/usr/bin/backup\", \"{target}\"]"));
+            return Err(ConfigError::new(
+                key("command"),
+                "must be a non-empty argv array like [\"/usr/bin/backup\", \"{target}\"]",
+            ));
         };
         if program.contains('{') {
-            return Err(ConfigError::new(key("command"), "the program (first element) cannot be a parameter"));
+            return Err(ConfigError::new(
+                key("command"),
+                "the program (first element) cannot be a parameter",
+            ));
         }
         for arg in &self.command {
             match placeholder(arg) {
                 Some(param) if !self.params.contains_key(param) => {
-                    return Err(ConfigError::new(key("command"), format!("uses `{{{param}}}` but `params` has no `{param}`")));
+                    return Err(ConfigError::new(
+                        key("command"),
+                        format!("uses `{{{param}}}` but `params` has no `{param}`"),
+                    ));
                 }
                 None if arg.contains('{') || arg.contains('}') => {
                     return Err(ConfigError::new(
@@ -534,7 +632,12 @@ impl TaskConfig {
             }
         }
         for (param, pattern) in &self.params {
-            Regex::new(pattern).map_err(|e| ConfigError::new(key(&format!("params.{param}")), format!("not a valid regex: {e}")))?;
+            Regex::new(pattern).map_err(|e| {
+                ConfigError::new(
+                    key(&format!("params.{param}")),
+                    format!("not a valid regex: {e}"),
+                )
+            })?;
         }
         positive(&key("timeout"), self.timeout)?;
         if self.concurrency == 0 {
@@ -550,12 +653,16 @@ impl TaskConfig {
 /// `{name}` as a whole argument gives `Some("name")`.
 pub fn placeholder(arg: &str) -> Option<&str> {
     let inner = arg.strip_prefix('{')?.strip_suffix('}')?;
-    (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(inner)
+    (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then_some(inner)
 }
 
 fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
-        Err(ConfigError::new(key, "must be longer than 0s (write e.g. \"5s\", \"250ms\", \"2m\")"))
+        Err(ConfigError::new(
+            key,
+            "must be longer than 0s (write e.g. \"5s\", \"250ms\", \"2m\")",
+        ))
     } else {
         Ok(())
     }
@@ -592,7 +699,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shiftd.toml");
         std::fs::write(&path, toml).unwrap();
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load_from(Some(&path), &env)
     }
 
@@ -603,7 +713,14 @@ mod tests {
 
     #[test]
     fn environment_overrides_file() {
-        let c = load("[http]\nlisten = \"127.0.0.1:1\"\n", &[("SHIFTD_HTTP__LISTEN", "127.0.0.1:2"), ("SHIFTD_SHUTDOWN__HTTP_DRAIN", "2s")]).unwrap();
+        let c = load(
+            "[http]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("SHIFTD_HTTP__LISTEN", "127.0.0.1:2"),
+                ("SHIFTD_SHUTDOWN__HTTP_DRAIN", "2s"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.http.listen, "127.0.0.1:2");
         assert_eq!(c.shutdown.http_drain, Duration::from_secs(2));
     }
@@ -646,7 +763,8 @@ mod tests {
         assert_eq!(load(toml, &[]).unwrap_err().key, "tasks.t.command");
         let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\n";
         assert!(load(toml, &[]).unwrap_err().message.contains("params"));
-        let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\nparams = { who = \"^[a-z]+$\" }\n";
+        let toml =
+            "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\nparams = { who = \"^[a-z]+$\" }\n";
         load(toml, &[]).unwrap();
     }
 
@@ -655,12 +773,23 @@ mod tests {
         assert_eq!(ByteSize::parse("1MiB").unwrap().0, 1 << 20);
         assert_eq!(ByteSize::parse("512").unwrap().0, 512);
         assert!(ByteSize::parse("1 parsec").is_err());
-        assert_eq!(load("[http]\nbody_limit = 2048\n", &[]).unwrap().http.body_limit.0, 2048);
+        assert_eq!(
+            load("[http]\nbody_limit = 2048\n", &[])
+                .unwrap()
+                .http
+                .body_limit
+                .0,
+            2048
+        );
     }
 
     #[test]
     fn token_secrets_are_not_debug_printed() {
-        let t = TokenConfig { name: "ci".into(), secret: Some("hunter2".into()), ..Default::default() };
+        let t = TokenConfig {
+            name: "ci".into(),
+            secret: Some("hunter2".into()),
+            ..Default::default()
+        };
         assert!(!format!("{t:?}").contains("hunter2"));
     }
 }

@@ -25,11 +25,22 @@ pub struct Db {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot create the data directory {path}: {source}; create it or set database.url")]
-    DataDir { path: String, source: std::io::Error },
-    #[error("cannot connect to {location}: {source}; check database.url and that the server is running")]
-    Connect { location: String, source: sqlx::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot connect to {location}: {source}; check database.url and that the server is running"
+    )]
+    Connect {
+        location: String,
+        source: sqlx::Error,
+    },
     #[error("migrating {location} failed: {source}; the database may have been changed by hand or by a newer shiftd")]
-    Migrate { location: String, source: sqlx::migrate::MigrateError },
+    Migrate {
+        location: String,
+        source: sqlx::migrate::MigrateError,
+    },
     #[error(transparent)]
     Query(#[from] sqlx::Error),
 }
@@ -38,7 +49,11 @@ pub enum DbError {
 pub fn state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         // systemd may pass several, separated by ':'; the first is ours.
-        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from("shiftd-data"))
 }
 
@@ -55,7 +70,10 @@ pub fn effective_url(cfg: &DatabaseConfig, backend: Backend) -> Result<String, D
     debug_assert_eq!(backend, Backend::Sqlite);
     let path = default_sqlite_path();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| DbError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     Ok(format!("sqlite://{}", path.display()))
 }
@@ -80,7 +98,10 @@ pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbErr
         url.push_str("?mode=rwc");
     }
     let location = redact(&url);
-    let connect_err = |source| DbError::Connect { location: location.clone(), source };
+    let connect_err = |source| DbError::Connect {
+        location: location.clone(),
+        source,
+    };
     let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
     let mut pool_options = AnyPoolOptions::new()
         .max_connections(cfg.max_connections)
@@ -103,7 +124,11 @@ pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbErr
         .await
         .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
         .map_err(connect_err)?;
-    Ok(Db { pool, backend, location })
+    Ok(Db {
+        pool,
+        backend,
+        location,
+    })
 }
 
 impl Db {
@@ -113,17 +138,30 @@ impl Db {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await.map_err(|source| DbError::Migrate { location: self.location.clone(), source })
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| DbError::Migrate {
+                location: self.location.clone(),
+                source,
+            })
     }
 
     /// True when the database answers a trivial query within `limit`.
     pub async fn ping(&self, limit: Duration) -> bool {
-        matches!(tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&self.pool)).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&self.pool)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Connections open and idle.
     pub fn stats(&self) -> PoolStats {
-        PoolStats { size: self.pool.size(), idle: self.pool.num_idle() as u32, max: self.pool.options().get_max_connections() }
+        PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     /// Closes the pool, waiting at most `limit` for connections in use to come back
@@ -146,8 +184,14 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://app:s3cret@db:5432/x"), "postgres://app@db:5432/x");
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app@db:5432/x"
+        );
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(redact("sqlite://shiftd-data/shiftd.db"), "sqlite://shiftd-data/shiftd.db");
+        assert_eq!(
+            redact("sqlite://shiftd-data/shiftd.db"),
+            "sqlite://shiftd-data/shiftd.db"
+        );
     }
 }

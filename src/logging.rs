@@ -24,15 +24,32 @@ impl LogControl {
 pub fn init(level: &str) -> LogControl {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let journald = if stderr_is_journal() { tracing_journald::layer().ok() } else { None };
-    let fmt = journald.is_none().then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())));
-    tracing_subscriber::registry().with(filter).with(journald).with(fmt).init();
+    let journald = if stderr_is_journal() {
+        tracing_journald::layer().ok()
+    } else {
+        None
+    };
+    let fmt = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(fmt)
+        .init();
     LogControl { filter: handle }
 }
 
 /// systemd sets `JOURNAL_STREAM=<dev>:<inode>` of the stream it connected stderr to.
 fn stderr_is_journal() -> bool {
-    let Ok(expected) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) else { return false };
+    let Ok(expected) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_raw_fd()) else {
+        return false;
+    };
     expected == format!("{}:{}", stat.st_dev, stat.st_ino)
 }

@@ -47,7 +47,10 @@ fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
         }
     };
     let log = shiftd::logging::init(&config.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

@@ -15,7 +15,10 @@ use crate::config::{Config, ConfigError};
 use crate::db::{self, Db};
 use crate::http::{self, AppState, Auth, JobsState, LiveSettings, Metrics};
 use crate::jobs::{Runner, RunnerSettings, Store, Task};
-use crate::lifecycle::{self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step, StopReport, SystemdEnv};
+use crate::lifecycle::{
+    self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step,
+    StopReport, SystemdEnv,
+};
 use crate::logging::LogControl;
 
 /// Everything `serve` needs from `main` (or from a test).
@@ -43,7 +46,15 @@ pub fn lifecycle_settings(config: &Config) -> lifecycle::Settings {
 
 /// Starts, serves until a stop signal, and stops in order.
 pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
-    let ServeOptions { config, config_path, config_load_time, systemd, notifier, signals, log } = options;
+    let ServeOptions {
+        config,
+        config_path,
+        config_load_time,
+        systemd,
+        notifier,
+        signals,
+        log,
+    } = options;
     let mut life = Lifecycle::new(lifecycle_settings(&config), systemd, notifier, signals);
     life.record_step("config", config_load_time);
 
@@ -51,13 +62,33 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     let backend = config.backend();
     let database = config.database.clone();
     let db = life
-        .step("database connect", Step::Required, "check database.url and that the database server is up", db::connect(&database, backend))
+        .step(
+            "database connect",
+            Step::Required,
+            "check database.url and that the database server is up",
+            db::connect(&database, backend),
+        )
         .await?
         .expect("required");
-    life.step("migrate", Step::Required, "check the database log", db.migrate()).await?;
-    life.step("warm-up", Step::Optional, "readiness probes may be slow at first", warm_up(&db)).await?;
+    life.step(
+        "migrate",
+        Step::Required,
+        "check the database log",
+        db.migrate(),
+    )
+    .await?;
+    life.step(
+        "warm-up",
+        Step::Optional,
+        "readiness probes may be slow at first",
+        warm_up(&db),
+    )
+    .await?;
 
-    let auth = Auth::from_config(&config.auth).map_err(|e| StartupError::Failed { step: "auth", message: e.to_string() })?;
+    let auth = Auth::from_config(&config.auth).map_err(|e| StartupError::Failed {
+        step: "auth",
+        message: e.to_string(),
+    })?;
     if !auth.enabled() {
         tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
     }
@@ -66,13 +97,19 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     let store = Store::new(db.pool.clone(), db.backend);
     let runner = {
         let metrics = metrics.clone();
-        Runner::start(store.clone(), RunnerSettings::from_config(&config), Arc::new(move |task, outcome, took| metrics.job_attempt(task, outcome, took)))
+        Runner::start(
+            store.clone(),
+            RunnerSettings::from_config(&config),
+            Arc::new(move |task, outcome, took| metrics.job_attempt(task, outcome, took)),
+        )
     };
     let config = Arc::new(config);
     let state = AppState {
         lifecycle: life.handle(),
         db: db.clone(),
-        live: Arc::new(LiveSettings { request_timeout: RwLock::new(config.http.request_timeout) }),
+        live: Arc::new(LiveSettings {
+            request_timeout: RwLock::new(config.http.request_timeout),
+        }),
         config: Arc::new(RwLock::new(config.clone())),
         tasks: Arc::new(RwLock::new(Arc::new(Task::all(&config.tasks)))),
         auth: Arc::new(RwLock::new(Arc::new(auth))),
@@ -81,7 +118,11 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     };
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
     let router = http::router(state.clone(), body_limit);
-    let app = Arc::new(Shiftd { state, config_path, log });
+    let app = Arc::new(Shiftd {
+        state,
+        config_path,
+        log,
+    });
     let report = life.serve(listener, router, app).await;
     write_previous_stop(&report);
     Ok(report)
@@ -93,12 +134,18 @@ fn previous_stop_path() -> PathBuf {
 }
 
 fn read_previous_stop() -> Vec<(String, f64)> {
-    let Ok(text) = std::fs::read_to_string(previous_stop_path()) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(previous_stop_path()) else {
+        return Vec::new();
+    };
     serde_json::from_str::<Vec<(String, f64)>>(&text).unwrap_or_default()
 }
 
 fn write_previous_stop(report: &StopReport) {
-    let stages: Vec<(&str, f64)> = report.stages.iter().map(|(name, took)| (*name, took.as_secs_f64())).collect();
+    let stages: Vec<(&str, f64)> = report
+        .stages
+        .iter()
+        .map(|(name, took)| (*name, took.as_secs_f64()))
+        .collect();
     if let Ok(text) = serde_json::to_string(&stages) {
         if let Err(e) = std::fs::write(previous_stop_path(), text) {
             tracing::debug!(error = %e, "cannot record the stop's stage durations");
@@ -109,7 +156,10 @@ fn write_previous_stop(report: &StopReport) {
 /// Fills the pool's first connection and checks a trivial query, so the first request
 /// does not pay for it.
 async fn warm_up(db: &Db) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) FROM jobs").fetch_one(&db.pool).await.map(|_| ())
+    sqlx::query("SELECT COUNT(*) FROM jobs")
+        .fetch_one(&db.pool)
+        .await
+        .map(|_| ())
 }
 
 struct Shiftd {
@@ -123,21 +173,38 @@ impl Shiftd {
         let old = self.state.config();
         for (key, changed) in [
             ("http.listen", old.http.listen != new.http.listen),
-            ("http.body_limit", old.http.body_limit != new.http.body_limit),
+            (
+                "http.body_limit",
+                old.http.body_limit != new.http.body_limit,
+            ),
             ("database", old.database != new.database),
         ] {
             if changed {
-                tracing::warn!(key, "{key} changed; it takes effect at the next restart, not on reload");
+                tracing::warn!(
+                    key,
+                    "{key} changed; it takes effect at the next restart, not on reload"
+                );
             }
         }
         let auth = Auth::from_config(&new.auth)?;
         if let Some(log) = &self.log {
-            log.set_level(&new.log.level).map_err(|m| ConfigError { key: "log.level".into(), message: m })?;
+            log.set_level(&new.log.level).map_err(|m| ConfigError {
+                key: "log.level".into(),
+                message: m,
+            })?;
         }
-        *self.state.live.request_timeout.write().expect("settings lock poisoned") = new.http.request_timeout;
+        *self
+            .state
+            .live
+            .request_timeout
+            .write()
+            .expect("settings lock poisoned") = new.http.request_timeout;
         *self.state.auth.write().expect("auth lock poisoned") = Arc::new(auth);
         *self.state.tasks.write().expect("tasks lock poisoned") = Arc::new(Task::all(&new.tasks));
-        self.state.jobs.runner.reconfigure(RunnerSettings::from_config(&new));
+        self.state
+            .jobs
+            .runner
+            .reconfigure(RunnerSettings::from_config(&new));
         let settings = lifecycle_settings(&new);
         *self.state.config.write().expect("config lock poisoned") = Arc::new(new);
         Ok(settings)
@@ -150,12 +217,22 @@ impl App for Shiftd {
         let depth = self.state.jobs.runner.depth();
         let running = self.state.jobs.runner.running();
         let queued: i64 = depth.values().map(|(q, _)| q).sum();
-        let mut line = format!("{}: {queued} jobs queued, {} running here", self.state.lifecycle.state().as_str(), running.len());
+        let mut line = format!(
+            "{}: {queued} jobs queued, {} running here",
+            self.state.lifecycle.state().as_str(),
+            running.len()
+        );
         if let Some(longest) = running.first() {
             line += &format!(" (longest {}s)", longest.age_seconds);
         }
-        let per_task: Vec<String> = depth.iter().map(|(t, (q, r))| format!("{t}:{q}q/{r}r")).collect();
-        let ages: Vec<String> = running.iter().map(|j| format!("{}#{}:{}s", j.task, j.id, j.age_seconds)).collect();
+        let per_task: Vec<String> = depth
+            .iter()
+            .map(|(t, (q, r))| format!("{t}:{q}q/{r}r"))
+            .collect();
+        let ages: Vec<String> = running
+            .iter()
+            .map(|j| format!("{}#{}:{}s", j.task, j.id, j.age_seconds))
+            .collect();
         Report {
             status_line: line,
             details: format!(
@@ -185,7 +262,11 @@ impl App for Shiftd {
     }
 
     fn stop_plan(&self) -> Vec<Stage> {
-        stop_plan(&self.state.config(), self.state.db.clone(), self.state.jobs.runner.clone())
+        stop_plan(
+            &self.state.config(),
+            self.state.db.clone(),
+            self.state.jobs.runner.clone(),
+        )
     }
 }
 
@@ -201,11 +282,17 @@ pub fn stop_plan(config: &Config, db: Db, runner: Runner) -> Vec<Stage> {
         // 2. In-flight requests finish, answered with `Connection: close`.
         Stage::http_drain(s.http_drain),
         // 3. Running jobs: `finish` ones run on, the rest are stopped and requeued.
-        Stage::waiting("jobs", "shutdown.jobs_drain", s.jobs_drain, config.jobs_cut_allowance(), move |ctx| {
-            async move { runner.drain(ctx).await }.boxed()
-        }),
+        Stage::waiting(
+            "jobs",
+            "shutdown.jobs_drain",
+            s.jobs_drain,
+            config.jobs_cut_allowance(),
+            move |ctx| async move { runner.drain(ctx).await }.boxed(),
+        ),
         // 4. Buffers (job output) to the database.
-        Stage::finishing("flush", "shutdown.flush", s.flush, move |_ctx| async move { flusher.flush().await }.boxed()),
+        Stage::finishing("flush", "shutdown.flush", s.flush, move |_ctx| {
+            async move { flusher.flush().await }.boxed()
+        }),
         // 5. The pool, bounded: sqlx's close() waits forever for connections in use.
         Stage::finishing("db-close", "shutdown.db_close", db_close, move |_ctx| {
             async move {

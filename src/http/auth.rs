@@ -34,7 +34,9 @@ impl Caller {
         match &self.tasks {
             None => Ok(()),
             Some(tasks) if tasks.iter().any(|t| t == "*" || t == task) => Ok(()),
-            Some(_) => Err(ApiError::Forbidden(format!("this token may not use task `{task}`"))),
+            Some(_) => Err(ApiError::Forbidden(format!(
+                "this token may not use task `{task}`"
+            ))),
         }
     }
 }
@@ -48,7 +50,11 @@ impl Auth {
             .enumerate()
             .map(|(i, t)| {
                 let secret = t.resolve_secret(i)?;
-                Ok(Token { name: t.name.clone(), digest: Sha256::digest(secret.as_bytes()).into(), tasks: t.tasks.clone() })
+                Ok(Token {
+                    name: t.name.clone(),
+                    digest: Sha256::digest(secret.as_bytes()).into(),
+                    tasks: t.tasks.clone(),
+                })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Self { tokens })
@@ -61,13 +67,21 @@ impl Auth {
     /// Checks the `Authorization` header: 401 without a valid token.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if !self.enabled() {
-            return Ok(Caller { name: None, tasks: None });
+            return Ok(Caller {
+                name: None,
+                tasks: None,
+            });
         }
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or(ApiError::Unauthorized("missing or malformed Authorization header; send `Authorization: Bearer <token>`"))?;
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or(ApiError::Unauthorized(
+                "missing or malformed Authorization header; send `Authorization: Bearer <token>`",
+            ))?;
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         // Look at every token, whatever matches, so timing says nothing about which.
         let mut found: Option<&Token> = None;
@@ -77,6 +91,9 @@ impl Auth {
             }
         }
         let token = found.ok_or(ApiError::Unauthorized("the bearer token is not valid"))?;
-        Ok(Caller { name: Some(token.name.clone()), tasks: Some(token.tasks.clone()) })
+        Ok(Caller {
+            name: Some(token.name.clone()),
+            tasks: Some(token.tasks.clone()),
+        })
     }
 }

@@ -20,10 +20,16 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the database does not answer", body = super::jobs::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.lifecycle.is_stopping() {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "draining: this process is stopping");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: this process is stopping",
+        );
     }
     if !state.db.ping(state.probe_timeout()).await {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "database: it did not answer; check database.url and the server");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database: it did not answer; check database.url and the server",
+        );
     }
     Json(json!({ "status": "ready" })).into_response()
 }

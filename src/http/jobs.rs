@@ -81,15 +81,21 @@ pub struct LogQuery {
 }
 
 fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("`{raw}` is not a job id; job ids are positive integers")))
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`{raw}` is not a job id; job ids are positive integers"
+        ))
+    })
 }
 
 async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     let id = parse_id(raw_id)?;
-    state.jobs.store.get(id).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+    state
+        .jobs
+        .store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
 /// Start a job of a task.
@@ -99,7 +105,7 @@ async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     tag = "jobs",
     params(
         ("task" = String, Path, description = "Task name"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key within 24 h returns the same job (200)")
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key within 24 h returns the same job (200)")
     ),
     request_body(content = CreateJob, description = "Parameters (the body may be empty)"),
     responses(
@@ -115,34 +121,73 @@ async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     ),
     security((), ("bearer" = []))
 )]
-pub async fn create_job(State(state): State<AppState>, Path(task_name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_job(
+    State(state): State<AppState>,
+    Path(task_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let caller = state.auth().authenticate(&headers)?;
-    let task = state
-        .task(&task_name)
-        .ok_or_else(|| ApiError::NotFound(format!("no task named `{task_name}`; GET /v1/tasks lists them")))?;
+    let task = state.task(&task_name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no task named `{task_name}`; GET /v1/tasks lists them"
+        ))
+    })?;
     caller.may_use(&task_name)?;
     let request: CreateJob = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateJob { params: serde_json::Map::new() }
+        CreateJob {
+            params: serde_json::Map::new(),
+        }
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
+        })?
     };
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()));
-            Some(key.ok_or_else(|| ApiError::BadRequest(format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")))?)
+            let key = v.to_str().ok().filter(|k| {
+                !k.is_empty()
+                    && k.len() <= MAX_IDEMPOTENCY_KEY
+                    && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            Some(key.ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                ))
+            })?)
         }
     };
-    let params = task.check_params(&request.params).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let params = task
+        .check_params(&request.params)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
-    let (job, created) =
-        state.jobs.store.enqueue(&task_name, &params, i64::from(task.config.max_attempts), key, caller.name.as_deref()).await?;
+    let (job, created) = state
+        .jobs
+        .store
+        .enqueue(
+            &task_name,
+            &params,
+            i64::from(task.config.max_attempts),
+            key,
+            caller.name.as_deref(),
+        )
+        .await?;
     if created {
         state.jobs.runner.wake();
         tracing::info!(job = job.id, task = %task_name, token = caller.name.as_deref().unwrap_or("-"), "job queued");
     }
-    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((status, [(header::LOCATION, format!("/v1/jobs/{}", job.id))], Json(job)).into_response())
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
+        Json(job),
+    )
+        .into_response())
 }
 
 /// One job, with the end of its output.
@@ -159,7 +204,11 @@ pub async fn create_job(State(state): State<AppState>, Path(task_name): Path<Str
     ),
     security((), ("bearer" = []))
 )]
-pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<JobView>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JobView>, ApiError> {
     state.auth().authenticate(&headers)?;
     let job = load_job(&state, &id).await?;
     let output_tail = state.jobs.store.output_tail(job.id, TAIL_LINES).await?;
@@ -175,7 +224,11 @@ pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>, head
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security((), ("bearer" = []))
 )]
-pub async fn list_jobs(State(state): State<AppState>, Query(q): Query<ListQuery>, headers: HeaderMap) -> Result<Json<JobPage>, ApiError> {
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<JobPage>, ApiError> {
     state.auth().authenticate(&headers)?;
     let limit = match q.limit.as_deref() {
         None => 50,
@@ -183,19 +236,30 @@ pub async fn list_jobs(State(state): State<AppState>, Query(q): Query<ListQuery>
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::BadRequest(format!("limit `{raw}` must be a number from 1 to 500")))?,
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit `{raw}` must be a number from 1 to 500"))
+            })?,
     };
     let state_filter = match q.state.as_deref() {
         None => None,
         Some(raw) => Some(JobState::parse(raw).ok_or_else(|| {
-            ApiError::BadRequest(format!("state `{raw}` is not one of queued, running, succeeded, failed, cancelled"))
+            ApiError::BadRequest(format!(
+                "state `{raw}` is not one of queued, running, succeeded, failed, cancelled"
+            ))
         })?),
     };
     let before_id = match q.cursor.as_deref() {
         None => None,
-        Some(raw) => Some(parse_id(raw).map_err(|_| ApiError::BadRequest(format!("cursor `{raw}` is not one this API gave out")))?),
+        Some(raw) => Some(parse_id(raw).map_err(|_| {
+            ApiError::BadRequest(format!("cursor `{raw}` is not one this API gave out"))
+        })?),
     };
-    let filter = ListFilter { task: q.task, state: state_filter, before_id, limit };
+    let filter = ListFilter {
+        task: q.task,
+        state: state_filter,
+        before_id,
+        limit,
+    };
     Ok(Json(state.jobs.store.list(&filter).await?))
 }
 
@@ -215,16 +279,33 @@ pub async fn list_jobs(State(state): State<AppState>, Query(q): Query<ListQuery>
     ),
     security((), ("bearer" = []))
 )]
-pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Json<Job>, ApiError> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Job>, ApiError> {
     let caller = state.auth().authenticate(&headers)?;
     let job = load_job(&state, &id).await?;
     caller.may_use(&job.task)?;
     if job.state.is_final() {
-        return Err(ApiError::Conflict(format!("job {} already ended: {}", job.id, job.state.as_str())));
+        return Err(ApiError::Conflict(format!(
+            "job {} already ended: {}",
+            job.id,
+            job.state.as_str()
+        )));
     }
-    let job = state.jobs.store.cancel(job.id).await?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    let job = state
+        .jobs
+        .store
+        .cancel(job.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     state.jobs.runner.cancel_local(job.id);
-    tracing::info!(job = job.id, token = caller.name.as_deref().unwrap_or("-"), "job cancel requested");
+    tracing::info!(
+        job = job.id,
+        token = caller.name.as_deref().unwrap_or("-"),
+        "job cancel requested"
+    );
     Ok(Json(job))
 }
 
@@ -242,13 +323,22 @@ pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>, h
     ),
     security((), ("bearer" = []))
 )]
-pub async fn job_log(State(state): State<AppState>, Path(id): Path<String>, Query(q): Query<LogQuery>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn job_log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     state.auth().authenticate(&headers)?;
     let job = load_job(&state, &id).await?;
     let follow = match q.follow.as_deref() {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") => true,
-        Some(other) => return Err(ApiError::BadRequest(format!("follow `{other}` must be 1 or 0"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "follow `{other}` must be 1 or 0"
+            )))
+        }
     };
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !follow {
@@ -265,46 +355,69 @@ pub async fn job_log(State(state): State<AppState>, Path(id): Path<String>, Quer
         }
         return Ok((text, body).into_response());
     }
-    Ok((text, [(header::CACHE_CONTROL, "no-cache")], Body::from_stream(follow_stream(state, job.id))).into_response())
+    Ok((
+        text,
+        [(header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(follow_stream(state, job.id)),
+    )
+        .into_response())
 }
 
 /// New lines as they are written, until the job ends or this process starts to stop
 /// (the stream then ends cleanly; a client reconnects to the next process).
-fn follow_stream(state: AppState, job_id: i64) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let poll = state.config().jobs.log_flush_interval.max(Duration::from_millis(100));
-    futures::stream::unfold((state, 0i64, false), move |(state, after, ended)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            let lines = match state.jobs.store.output(job_id, after, 500).await {
-                Ok(lines) => lines,
-                Err(e) => return Some((Err(std::io::Error::other(e)), (state, after, true))),
-            };
-            if let Some(last) = lines.last() {
-                let next = last.seq;
-                let mut chunk = String::new();
-                for l in &lines {
-                    chunk.push_str(&l.line);
-                    chunk.push('\n');
+fn follow_stream(
+    state: AppState,
+    job_id: i64,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let poll = state
+        .config()
+        .jobs
+        .log_flush_interval
+        .max(Duration::from_millis(100));
+    futures::stream::unfold(
+        (state, 0i64, false),
+        move |(state, after, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let lines = match state.jobs.store.output(job_id, after, 500).await {
+                    Ok(lines) => lines,
+                    Err(e) => return Some((Err(std::io::Error::other(e)), (state, after, true))),
+                };
+                if let Some(last) = lines.last() {
+                    let next = last.seq;
+                    let mut chunk = String::new();
+                    for l in &lines {
+                        chunk.push_str(&l.line);
+                        chunk.push('\n');
+                    }
+                    return Some((Ok(Bytes::from(chunk)), (state, next, false)));
                 }
-                return Some((Ok(Bytes::from(chunk)), (state, next, false)));
+                let finished = matches!(state.jobs.store.get(job_id).await, Ok(Some(job)) if job.state.is_final());
+                // Lines written before the final state are in the database already (the
+                // runner writes output first), so one more empty read means we have them all.
+                if finished
+                    && state
+                        .jobs
+                        .store
+                        .output(job_id, after, 1)
+                        .await
+                        .map(|l| l.is_empty())
+                        .unwrap_or(true)
+                {
+                    return None;
+                }
+                if state.lifecycle.is_stopping() {
+                    return None;
+                }
+                tokio::select! {
+                    _ = state.lifecycle.stopping() => return None,
+                    _ = tokio::time::sleep(poll) => {}
+                }
             }
-            let finished = matches!(state.jobs.store.get(job_id).await, Ok(Some(job)) if job.state.is_final());
-            // Lines written before the final state are in the database already (the
-            // runner writes output first), so one more empty read means we have them all.
-            if finished && state.jobs.store.output(job_id, after, 1).await.map(|l| l.is_empty()).unwrap_or(true) {
-                return None;
-            }
-            if state.lifecycle.is_stopping() {
-                return None;
-            }
-            tokio::select! {
-                _ = state.lifecycle.stopping() => return None,
-                _ = tokio::time::sleep(poll) => {}
-            }
-        }
-    })
+        },
+    )
 }
 
 /// The configured tasks.
@@ -315,7 +428,10 @@ fn follow_stream(state: AppState, job_id: i64) -> impl futures::Stream<Item = Re
     responses((status = 200, body = Vec<TaskView>), (status = 401, body = ErrorBody)),
     security((), ("bearer" = []))
 )]
-pub async fn list_tasks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TaskView>>, ApiError> {
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TaskView>>, ApiError> {
     state.auth().authenticate(&headers)?;
     let tasks = state.tasks();
     Ok(Json(

@@ -57,53 +57,111 @@ pub struct Metrics {
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0].into_iter()
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0, 1800.0,
+    ]
+    .into_iter()
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("shiftd");
         let requests = Family::<RouteStatus, Counter>::default();
-        let latency = Family::<Route, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
+        let latency =
+            Family::<Route, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
         let jobs = Family::<TaskState, Gauge>::default();
-        let job_duration = Family::<TaskState, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
+        let job_duration =
+            Family::<TaskState, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
         let stop_stage = Family::<StageLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let pool = Family::<PoolState, Gauge>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        registry.register("http_request_duration_seconds", "Time to produce the response head", latency.clone());
-        registry.register("jobs", "Jobs by task and state (all processes sharing the database)", jobs.clone());
-        registry.register("job_attempt_duration_seconds", "Job attempts by task and outcome", job_duration.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to produce the response head",
+            latency.clone(),
+        );
+        registry.register(
+            "jobs",
+            "Jobs by task and state (all processes sharing the database)",
+            jobs.clone(),
+        );
+        registry.register(
+            "job_attempt_duration_seconds",
+            "Job attempts by task and outcome",
+            job_duration.clone(),
+        );
         registry.register(
             "previous_stop_stage_seconds",
             "How long each shutdown stage took in the stop before this process started",
             stop_stage.clone(),
         );
-        registry.register("db_pool_connections", "Database pool connections by state", pool.clone());
-        Self { registry, requests, latency, jobs, job_duration, stop_stage, pool }
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by state",
+            pool.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            jobs,
+            job_duration,
+            stop_stage,
+            pool,
+        }
     }
 }
 
 impl Metrics {
     /// Records one job attempt.
     pub fn job_attempt(&self, task: &str, outcome: &str, took: Duration) {
-        self.job_duration.get_or_create(&TaskState { task: task.into(), state: outcome.into() }).observe(took.as_secs_f64());
+        self.job_duration
+            .get_or_create(&TaskState {
+                task: task.into(),
+                state: outcome.into(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Records the stage durations of the previous stop (read from the state directory).
     pub fn previous_stop(&self, stages: &[(String, f64)]) {
         for (stage, seconds) in stages {
-            self.stop_stage.get_or_create(&StageLabel { stage: stage.clone() }).set(*seconds);
+            self.stop_stage
+                .get_or_create(&StageLabel {
+                    stage: stage.clone(),
+                })
+                .set(*seconds);
         }
     }
 }
 
 /// Counts and times every request by its route pattern (not its raw path).
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics.latency.get_or_create(&Route { route: route.clone() }).observe(started.elapsed().as_secs_f64());
-    metrics.requests.get_or_create(&RouteStatus { route, status: response.status().as_u16() }).inc();
+    metrics
+        .latency
+        .get_or_create(&Route {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
     response
 }
 
@@ -113,13 +171,42 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let counts = state.jobs.store.counts().await?;
     metrics.jobs.clear();
     for (task, job_state, n) in counts {
-        metrics.jobs.get_or_create(&TaskState { task, state: job_state.as_str().into() }).set(n);
+        metrics
+            .jobs
+            .get_or_create(&TaskState {
+                task,
+                state: job_state.as_str().into(),
+            })
+            .set(n);
     }
     let pool = state.db.stats();
-    metrics.pool.get_or_create(&PoolState { state: "idle".into() }).set(i64::from(pool.idle));
-    metrics.pool.get_or_create(&PoolState { state: "in_use".into() }).set(i64::from(pool.size.saturating_sub(pool.idle)));
-    metrics.pool.get_or_create(&PoolState { state: "max".into() }).set(i64::from(pool.max));
+    metrics
+        .pool
+        .get_or_create(&PoolState {
+            state: "idle".into(),
+        })
+        .set(i64::from(pool.idle));
+    metrics
+        .pool
+        .get_or_create(&PoolState {
+            state: "in_use".into(),
+        })
+        .set(i64::from(pool.size.saturating_sub(pool.idle)));
+    metrics
+        .pool
+        .get_or_create(&PoolState {
+            state: "max".into(),
+        })
+        .set(i64::from(pool.max));
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &metrics.registry).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+    prometheus_client::encoding::text::encode(&mut text, &metrics.registry)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -19,13 +19,23 @@ pub struct LiveSettings {
 
 /// Answers 503 when a handler runs longer than `http.request_timeout`. Streaming bodies
 /// (log follow) are not cut here: the timeout covers producing the response head.
-pub async fn request_timeout(State(live): State<Arc<LiveSettings>>, request: Request, next: Next) -> Response {
+pub async fn request_timeout(
+    State(live): State<Arc<LiveSettings>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let limit = *live.request_timeout.read().expect("settings lock poisoned");
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!("request exceeded http.request_timeout ({}); answered 503", humantime::format_duration(limit));
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "the request took longer than http.request_timeout")
+            tracing::warn!(
+                "request exceeded http.request_timeout ({}); answered 503",
+                humantime::format_duration(limit)
+            );
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request took longer than http.request_timeout",
+            )
         }
     }
 }
@@ -48,7 +58,10 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     }
     let (parts, body) = response.into_parts();
     // Rejection texts are short; anything longer is not worth echoing.
-    let text = to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let text = to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
     let message = if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_string()
     } else {

@@ -91,7 +91,10 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -120,7 +123,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             utoipa::openapi::path::OperationBuilder::new()
                 .tag("service")
                 .summary(Some("This document"))
-                .response("200", utoipa::openapi::ResponseBuilder::new().description("OpenAPI 3 document")),
+                .response(
+                    "200",
+                    utoipa::openapi::ResponseBuilder::new().description("OpenAPI 3 document"),
+                ),
         ),
     );
     doc.paths.paths.insert(
@@ -130,7 +136,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             utoipa::openapi::path::OperationBuilder::new()
                 .tag("service")
                 .summary(Some("Prometheus metrics"))
-                .response("200", utoipa::openapi::ResponseBuilder::new().description("OpenMetrics text")),
+                .response(
+                    "200",
+                    utoipa::openapi::ResponseBuilder::new().description("OpenMetrics text"),
+                ),
         ),
     );
     doc
@@ -143,7 +152,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     let doc = Arc::new(openapi());
     let (routes, _) = api();
     let routes = routes
-        .route("/v1/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
         .route("/metrics", get(metrics::render))
         .with_state(state);
     routes.layer(

@@ -20,7 +20,11 @@ pub struct OutputBuffer {
 
 impl OutputBuffer {
     pub fn new(store: Store) -> Self {
-        Self { store, pending: Mutex::new(Vec::new()), flushing: tokio::sync::Mutex::new(()) }
+        Self {
+            store,
+            pending: Mutex::new(Vec::new()),
+            flushing: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn push(&self, line: OutputLine) {

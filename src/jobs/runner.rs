@@ -29,7 +29,16 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// Environment variables passed on from the service to jobs; everything else is dropped
 /// (jobs get `env` from their task, plus `JOB_ID`, `JOB_TASK`, `JOB_ATTEMPT`).
-const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "STATE_DIRECTORY"];
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "STATE_DIRECTORY",
+];
 
 /// The runner's view of the configuration; replaced on reload.
 #[derive(Debug, Clone)]
@@ -112,8 +121,14 @@ enum Stop {
 impl Runner {
     /// Starts claiming and flushing.
     pub fn start(store: Store, settings: RunnerSettings, on_attempt: OnAttempt) -> Self {
-        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into());
-        let owner = format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>());
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let owner = format!(
+            "{host}:{}:{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let inner = Arc::new(Inner {
             output: Arc::new(OutputBuffer::new(store.clone())),
             store,
@@ -154,8 +169,14 @@ impl Runner {
 
     pub fn running(&self) -> Vec<RunningJob> {
         let running = self.inner.running.lock().expect("poisoned");
-        let mut jobs: Vec<RunningJob> =
-            running.iter().map(|(id, r)| RunningJob { id: *id, task: r.task.clone(), age_seconds: r.started.elapsed().as_secs() }).collect();
+        let mut jobs: Vec<RunningJob> = running
+            .iter()
+            .map(|(id, r)| RunningJob {
+                id: *id,
+                task: r.task.clone(),
+                age_seconds: r.started.elapsed().as_secs(),
+            })
+            .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.age_seconds));
         jobs
     }
@@ -174,7 +195,11 @@ impl Runner {
         let running = self.running();
         match running.first() {
             None => "draining: no jobs running".into(),
-            Some(longest) => format!("draining: {} jobs running, longest {}s", running.len(), longest.age_seconds),
+            Some(longest) => format!(
+                "draining: {} jobs running, longest {}s",
+                running.len(),
+                longest.age_seconds
+            ),
         }
     }
 
@@ -189,7 +214,11 @@ impl Runner {
         }
         let requeued_now = {
             let running = inner.running.lock().expect("poisoned");
-            running.values().filter(|r| r.on_shutdown == OnShutdown::Requeue).map(|r| r.requeue.cancel()).count()
+            running
+                .values()
+                .filter(|r| r.on_shutdown == OnShutdown::Requeue)
+                .map(|r| r.requeue.cancel())
+                .count()
         };
         inner.jobs.close();
         let mut status = tokio::time::interval(Duration::from_secs(1));
@@ -209,14 +238,24 @@ impl Runner {
         }
         let cut: Vec<i64> = {
             let running = inner.running.lock().expect("poisoned");
-            running.iter().map(|(id, r)| {
-                r.requeue.cancel();
-                *id
-            }).collect()
+            running
+                .iter()
+                .map(|(id, r)| {
+                    r.requeue.cancel();
+                    *id
+                })
+                .collect()
         };
-        ctx.status(format!("draining: stopping {} jobs that outlived shutdown.jobs_drain", cut.len()));
+        ctx.status(format!(
+            "draining: stopping {} jobs that outlived shutdown.jobs_drain",
+            cut.len()
+        ));
         inner.jobs.wait().await;
-        StageOutcome::Cut(format!("stopped {} jobs still running ({:?}) and put them back in the queue", cut.len(), cut))
+        StageOutcome::Cut(format!(
+            "stopped {} jobs still running ({:?}) and put them back in the queue",
+            cut.len(),
+            cut
+        ))
     }
 
     /// The `flush` stage: stop the periodic flusher and write every buffered line.
@@ -267,7 +306,9 @@ async fn claim_loop(inner: Arc<Inner>) {
                     swept_unknown = true;
                     tracing::warn!("failed {n} queued jobs whose task is no longer configured");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot check for jobs of removed tasks; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check for jobs of removed tasks; will retry")
+                }
             }
         }
         if last_depth.elapsed() >= settings.poll_interval {
@@ -278,14 +319,20 @@ async fn claim_loop(inner: Arc<Inner>) {
         }
         let available = available_tasks(&inner, &settings);
         if !available.is_empty() {
-            match inner.store.claim(&inner.owner, &available, settings.lease).await {
+            match inner
+                .store
+                .claim(&inner.owner, &available, settings.lease)
+                .await
+            {
                 Ok(Some(job)) => {
                     let task = settings.tasks.get(&job.task).cloned();
                     spawn_job(&inner, job, task, settings.lease);
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot claim jobs; retrying in jobs.poll_interval"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim jobs; retrying in jobs.poll_interval")
+                }
             }
         }
         tokio::select! {
@@ -309,7 +356,9 @@ fn available_tasks(inner: &Inner, settings: &RunnerSettings) -> Vec<String> {
     settings
         .tasks
         .iter()
-        .filter(|(name, task)| per_task.get(name.as_str()).copied().unwrap_or(0) < task.config.concurrency as usize)
+        .filter(|(name, task)| {
+            per_task.get(name.as_str()).copied().unwrap_or(0) < task.config.concurrency as usize
+        })
         .map(|(name, _)| name.clone())
         .collect()
 }
@@ -318,13 +367,20 @@ fn spawn_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: Durat
     let running = Running {
         task: job.task.clone(),
         started: Instant::now(),
-        on_shutdown: task.as_ref().map(|t| t.config.on_shutdown).unwrap_or_default(),
+        on_shutdown: task
+            .as_ref()
+            .map(|t| t.config.on_shutdown)
+            .unwrap_or_default(),
         cancel: CancellationToken::new(),
         requeue: CancellationToken::new(),
     };
     let cancel = running.cancel.clone();
     let requeue = running.requeue.clone();
-    inner.running.lock().expect("poisoned").insert(job.id, running);
+    inner
+        .running
+        .lock()
+        .expect("poisoned")
+        .insert(job.id, running);
     let inner2 = inner.clone();
     inner.jobs.spawn(async move {
         let id = job.id;
@@ -346,7 +402,14 @@ struct JobOutput {
 impl JobOutput {
     fn push(&self, stream: &'static str, line: String) {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.buffer.push(OutputLine { job_id: self.job_id, seq, attempt: self.attempt, stream, at: now_ms(), line });
+        self.buffer.push(OutputLine {
+            job_id: self.job_id,
+            seq,
+            attempt: self.attempt,
+            stream,
+            at: now_ms(),
+            line,
+        });
     }
 
     fn note(&self, line: impl Into<String>) {
@@ -354,23 +417,49 @@ impl JobOutput {
     }
 }
 
-async fn run_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: Duration, cancel: CancellationToken, requeue: CancellationToken) {
+async fn run_job(
+    inner: &Arc<Inner>,
+    job: Job,
+    task: Option<Arc<Task>>,
+    lease: Duration,
+    cancel: CancellationToken,
+    requeue: CancellationToken,
+) {
     let started = Instant::now();
-    let Some(last_seq) = persist("read the job's output position", lease, || inner.store.last_seq(job.id)).await else {
+    let Some(last_seq) = persist("read the job's output position", lease, || {
+        inner.store.last_seq(job.id)
+    })
+    .await
+    else {
         // The database is away; the lease will expire and the job will be claimed again.
         return;
     };
-    let out = JobOutput { buffer: inner.output.clone(), job_id: job.id, attempt: job.attempts, seq: Arc::new(AtomicI64::new(last_seq)) };
-    let refuse = |error: String| Finish { state: JobState::Failed, exit_code: None, exit_signal: None, error: Some(error) };
+    let out = JobOutput {
+        buffer: inner.output.clone(),
+        job_id: job.id,
+        attempt: job.attempts,
+        seq: Arc::new(AtomicI64::new(last_seq)),
+    };
+    let refuse = |error: String| Finish {
+        state: JobState::Failed,
+        exit_code: None,
+        exit_signal: None,
+        error: Some(error),
+    };
     let prepared = match &task {
-        None => Err(refuse(format!("task `{}` is not configured on this server", job.task))),
+        None => Err(refuse(format!(
+            "task `{}` is not configured on this server",
+            job.task
+        ))),
         Some(_) if job.attempts > job.max_attempts => Err(refuse(format!(
             "gave up after {} attempts (the last ones were lost with their worker; see the output)",
             job.max_attempts
         ))),
         Some(task) => {
             let given = job.params.as_object().cloned().unwrap_or_default();
-            task.check_params(&given).and_then(|p| task.argv(&p)).map_err(|e| refuse(format!("parameters no longer valid: {e}")))
+            task.check_params(&given)
+                .and_then(|p| task.argv(&p))
+                .map_err(|e| refuse(format!("parameters no longer valid: {e}")))
         }
     };
     let argv = match prepared {
@@ -378,20 +467,40 @@ async fn run_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: D
         Err(mut finish) => {
             out.note(finish.error.clone().unwrap_or_default());
             finish.state = JobState::Failed;
-            let no_retry = Job { attempts: job.max_attempts, ..job.clone() };
-            record(inner, &no_retry, &out, Stop::Exited, finish, Duration::ZERO, lease, started).await;
+            let no_retry = Job {
+                attempts: job.max_attempts,
+                ..job.clone()
+            };
+            record(
+                inner,
+                &no_retry,
+                &out,
+                Stop::Exited,
+                finish,
+                Duration::ZERO,
+                lease,
+                started,
+            )
+            .await;
             return;
         }
     };
     let task = task.expect("checked above");
     let cfg = &task.config;
-    out.note(format!("attempt {} of {} on {}: {:?}", job.attempts, job.max_attempts, inner.owner, argv));
+    out.note(format!(
+        "attempt {} of {} on {}: {:?}",
+        job.attempts, job.max_attempts, inner.owner, argv
+    ));
 
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .env_clear()
-        .envs(INHERITED_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))))
+        .envs(
+            INHERITED_ENV
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+        )
         .envs(&cfg.env)
         .env("JOB_ID", job.id.to_string())
         .env("JOB_TASK", &job.task)
@@ -408,22 +517,42 @@ async fn run_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: D
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let error = format!("cannot start {}: {e}; check tasks.{}.command and working_dir", argv[0], job.task);
+            let error = format!(
+                "cannot start {}: {e}; check tasks.{}.command and working_dir",
+                argv[0], job.task
+            );
             out.note(error.clone());
-            record(inner, &job, &out, Stop::Exited, refuse(error), cfg.retry_backoff, lease, started).await;
+            record(
+                inner,
+                &job,
+                &out,
+                Stop::Exited,
+                refuse(error),
+                cfg.retry_backoff,
+                lease,
+                started,
+            )
+            .await;
             return;
         }
     };
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let readers = [
-        child.stdout.take().map(|s| tokio::spawn(read_lines(s, "stdout", out.clone()))),
-        child.stderr.take().map(|s| tokio::spawn(read_lines(s, "stderr", out.clone()))),
+        child
+            .stdout
+            .take()
+            .map(|s| tokio::spawn(read_lines(s, "stdout", out.clone()))),
+        child
+            .stderr
+            .take()
+            .map(|s| tokio::spawn(read_lines(s, "stderr", out.clone()))),
     ];
 
     let timeout = tokio::time::sleep(cfg.timeout);
     tokio::pin!(timeout);
     let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
-    let mut cancel_check = tokio::time::interval(inner.settings.read().expect("poisoned").poll_interval);
+    let mut cancel_check =
+        tokio::time::interval(inner.settings.read().expect("poisoned").poll_interval);
     let (stop, status) = loop {
         tokio::select! {
             status = child.wait() => break (Stop::Exited, status.ok()),
@@ -449,9 +578,15 @@ async fn run_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: D
         (Some(status), _) => Some(status),
         (None, Some(pgid)) => {
             let why = match stop {
-                Stop::Timeout => format!("timed out after {}; stopping it", humantime::format_duration(cfg.timeout)),
+                Stop::Timeout => format!(
+                    "timed out after {}; stopping it",
+                    humantime::format_duration(cfg.timeout)
+                ),
                 Stop::Cancelled => "cancelled; stopping it".to_string(),
-                Stop::Shutdown => "the service is stopping; stopping it to run again after the restart".to_string(),
+                Stop::Shutdown => {
+                    "the service is stopping; stopping it to run again after the restart"
+                        .to_string()
+                }
                 _ => "its lease was taken by another worker; stopping it".to_string(),
             };
             out.note(why);
@@ -462,9 +597,14 @@ async fn run_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: D
     // Readers end at EOF; a grandchild that kept the pipe open must not hold us.
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
-        if tokio::time::timeout(cfg.kill_grace.max(Duration::from_secs(1)), reader).await.is_err() {
+        if tokio::time::timeout(cfg.kill_grace.max(Duration::from_secs(1)), reader)
+            .await
+            .is_err()
+        {
             abort.abort();
-            out.note("output still open after the process ended (a background child?); stopped reading");
+            out.note(
+                "output still open after the process ended (a background child?); stopped reading",
+            );
         }
     }
     let finish = describe(stop, status, &job.task, cfg.timeout);
@@ -473,18 +613,39 @@ async fn run_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: D
     } else {
         out.note("exited with status 0");
     }
-    record(inner, &job, &out, stop, finish, cfg.retry_backoff, lease, started).await;
+    record(
+        inner,
+        &job,
+        &out,
+        stop,
+        finish,
+        cfg.retry_backoff,
+        lease,
+        started,
+    )
+    .await;
 }
 
 /// SIGTERM to the group, SIGKILL after `kill_grace`, then reap.
-async fn stop_group(child: &mut Child, pgid: Pid, kill_grace: Duration, out: &JobOutput) -> ExitStatus {
+async fn stop_group(
+    child: &mut Child,
+    pgid: Pid,
+    kill_grace: Duration,
+    out: &JobOutput,
+) -> ExitStatus {
     let _ = killpg(pgid, Signal::SIGTERM);
     let status = match tokio::time::timeout(kill_grace, child.wait()).await {
         Ok(Ok(status)) => status,
         _ => {
-            out.note(format!("still running {} after SIGTERM; sending SIGKILL", humantime::format_duration(kill_grace)));
+            out.note(format!(
+                "still running {} after SIGTERM; sending SIGKILL",
+                humantime::format_duration(kill_grace)
+            ));
             let _ = killpg(pgid, Signal::SIGKILL);
-            child.wait().await.unwrap_or_else(|_| ExitStatus::from_raw(9))
+            child
+                .wait()
+                .await
+                .unwrap_or_else(|_| ExitStatus::from_raw(9))
         }
     };
     // Anything else left in the group goes too.
@@ -507,41 +668,76 @@ fn describe(stop: Stop, status: Option<ExitStatus>, task: &str, timeout: Duratio
         ),
         Stop::Timeout => (
             JobState::Failed,
-            Some(format!("timed out after {}; raise tasks.{task}.timeout if it needs longer", humantime::format_duration(timeout))),
+            Some(format!(
+                "timed out after {}; raise tasks.{task}.timeout if it needs longer",
+                humantime::format_duration(timeout)
+            )),
         ),
         Stop::Cancelled => (JobState::Cancelled, Some("cancelled".into())),
         Stop::Shutdown | Stop::LeaseLost => (JobState::Queued, None),
     };
-    Finish { state, exit_code, exit_signal, error }
+    Finish {
+        state,
+        exit_code,
+        exit_signal,
+        error,
+    }
 }
 
 /// Writes the output, then the outcome, retrying through database blips while the lease lasts.
 #[allow(clippy::too_many_arguments)]
-async fn record(inner: &Arc<Inner>, job: &Job, out: &JobOutput, stop: Stop, finish: Finish, backoff: Duration, lease: Duration, started: Instant) {
+async fn record(
+    inner: &Arc<Inner>,
+    job: &Job,
+    out: &JobOutput,
+    stop: Stop,
+    finish: Finish,
+    backoff: Duration,
+    lease: Duration,
+    started: Instant,
+) {
     // Output first, so whoever sees the final state can read the whole log.
     let _ = persist("write the job's output", lease, || inner.output.flush()).await;
     let _ = out;
     match stop {
         Stop::LeaseLost => {}
         Stop::Shutdown => {
-            if persist("put the job back in the queue", lease, || inner.store.requeue(job.id, &inner.owner)).await.is_some() {
+            if persist("put the job back in the queue", lease, || {
+                inner.store.requeue(job.id, &inner.owner)
+            })
+            .await
+            .is_some()
+            {
                 tracing::info!(job = job.id, task = %job.task, "job stopped by the shutdown and requeued");
             }
         }
         _ => {
             let backoff = backoff.saturating_mul(1 << (job.attempts.clamp(1, 16) - 1) as u32);
             let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
-            if persist("record the job's outcome", lease, || inner.store.finish(job, &inner.owner, &finish, backoff)).await.is_some() {
-                let outcome = if retry { "retry" } else { finish.state.as_str() };
+            if persist("record the job's outcome", lease, || {
+                inner.store.finish(job, &inner.owner, &finish, backoff)
+            })
+            .await
+            .is_some()
+            {
+                let outcome = if retry {
+                    "retry"
+                } else {
+                    finish.state.as_str()
+                };
                 tracing::info!(job = job.id, task = %job.task, attempt = job.attempts, outcome, error = finish.error.as_deref().unwrap_or(""), "job attempt ended: {outcome}");
             }
         }
     }
-    (inner.on_attempt)(&job.task, match stop {
-        Stop::Shutdown => "requeued",
-        Stop::LeaseLost => "lost",
-        _ => finish.state.as_str(),
-    }, started.elapsed());
+    (inner.on_attempt)(
+        &job.task,
+        match stop {
+            Stop::Shutdown => "requeued",
+            Stop::LeaseLost => "lost",
+            _ => finish.state.as_str(),
+        },
+        started.elapsed(),
+    );
 }
 
 /// Retries a database write with backoff until it succeeds or `limit` passes.
@@ -573,7 +769,11 @@ async fn read_lines(stream: impl AsyncRead + Unpin, name: &'static str, out: Job
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) => return,
             Ok(_) => {
                 while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {

@@ -24,7 +24,13 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,7 +47,10 @@ impl JobState {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -102,7 +111,9 @@ impl Job {
             id: row.try_get("id")?,
             task: row.try_get("task")?,
             params: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
-            state: JobState::parse(&state).ok_or_else(|| sqlx::Error::Decode(format!("unknown job state `{state}`").into()))?,
+            state: JobState::parse(&state).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown job state `{state}`").into())
+            })?,
             attempts: row.try_get("attempts")?,
             max_attempts: row.try_get("max_attempts")?,
             created_at: row.try_get("created_at")?,
@@ -158,7 +169,10 @@ pub struct ListFilter {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Idempotency keys are honoured for this long.
@@ -193,7 +207,10 @@ impl Store {
                     return Ok((existing, false));
                 }
                 // Expired: free the key for the new job.
-                sqlx::query("UPDATE jobs SET idempotency_key = NULL WHERE id = $1").bind(existing.id).execute(&self.pool).await?;
+                sqlx::query("UPDATE jobs SET idempotency_key = NULL WHERE id = $1")
+                    .bind(existing.id)
+                    .execute(&self.pool)
+                    .await?;
             }
         }
         let sql = format!(
@@ -212,8 +229,13 @@ impl Store {
         match inserted {
             Ok(row) => Ok((Job::from_row(&row)?, true)),
             // Two requests with the same key raced: the other one won; return its job.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && idempotency_key.is_some() => {
-                let job = self.by_idempotency_key(task, idempotency_key.unwrap_or_default()).await?.ok_or(sqlx::Error::RowNotFound)?;
+            Err(sqlx::Error::Database(e))
+                if e.is_unique_violation() && idempotency_key.is_some() =>
+            {
+                let job = self
+                    .by_idempotency_key(task, idempotency_key.unwrap_or_default())
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
                 Ok((job, false))
             }
             Err(e) => Err(e),
@@ -221,14 +243,22 @@ impl Store {
     }
 
     async fn by_idempotency_key(&self, task: &str, key: &str) -> Result<Option<Job>, sqlx::Error> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE task = $1 AND idempotency_key = $2");
-        let row = sqlx::query(&sql).bind(task).bind(key).fetch_optional(&self.pool).await?;
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE task = $1 AND idempotency_key = $2");
+        let row = sqlx::query(&sql)
+            .bind(task)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(Job::from_row).transpose()
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<Job>, sqlx::Error> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(Job::from_row).transpose()
     }
 
@@ -260,7 +290,10 @@ impl Store {
             query = query.bind(id);
         }
         let rows = query.bind(filter.limit + 1).fetch_all(&self.pool).await?;
-        let mut jobs = rows.iter().map(Job::from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = rows
+            .iter()
+            .map(Job::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next_cursor = if jobs.len() as i64 > filter.limit {
             jobs.truncate(filter.limit as usize);
             jobs.last().map(|j| j.id.to_string())
@@ -289,7 +322,12 @@ impl Store {
 
     /// Takes the oldest runnable job of one of `tasks` for `owner`: a queued job whose time
     /// has come, or a running one whose lease expired (its worker died). Attempts + 1.
-    pub async fn claim(&self, owner: &str, tasks: &[String], lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+    pub async fn claim(
+        &self,
+        owner: &str,
+        tasks: &[String],
+        lease: Duration,
+    ) -> Result<Option<Job>, sqlx::Error> {
         if tasks.is_empty() {
             return Ok(None);
         }
@@ -309,7 +347,10 @@ impl Store {
              RETURNING {JOB_COLUMNS}",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(&sql).bind(owner).bind(now + lease.as_millis() as i64).bind(now);
+        let mut query = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now);
         for task in tasks {
             query = query.bind(task.clone());
         }
@@ -319,7 +360,12 @@ impl Store {
 
     /// Extends the lease. Returns `Some(cancel_requested)` while the job is still ours,
     /// `None` if another worker took it (our lease had expired).
-    pub async fn renew(&self, id: i64, owner: &str, lease: Duration) -> Result<Option<bool>, sqlx::Error> {
+    pub async fn renew(
+        &self,
+        id: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<bool>, sqlx::Error> {
         let now = now_ms();
         let row = sqlx::query(
             "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING cancel_requested",
@@ -329,12 +375,19 @@ impl Store {
         .bind(owner)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| r.try_get::<i64, _>("cancel_requested").map(|c| c != 0)).transpose()
+        row.map(|r| r.try_get::<i64, _>("cancel_requested").map(|c| c != 0))
+            .transpose()
     }
 
     /// Records how an attempt ended. A failure with attempts left goes back to the queue
     /// after `backoff`. Returns false if the job was no longer ours.
-    pub async fn finish(&self, job: &Job, owner: &str, finish: &Finish, backoff: Duration) -> Result<bool, sqlx::Error> {
+    pub async fn finish(
+        &self,
+        job: &Job,
+        owner: &str,
+        finish: &Finish,
+        backoff: Duration,
+    ) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
         let (state, finished_at, run_after) = if retry {
@@ -382,7 +435,8 @@ impl Store {
             "UPDATE jobs SET state = 'failed', finished_at = $1, updated_at = $1, error = 'its task is no longer configured' WHERE state = 'queued'",
         );
         if !known.is_empty() {
-            let placeholders: Vec<String> = (0..known.len()).map(|i| format!("${}", i + 2)).collect();
+            let placeholders: Vec<String> =
+                (0..known.len()).map(|i| format!("${}", i + 2)).collect();
             sql += &format!(" AND task NOT IN ({})", placeholders.join(", "));
         }
         let mut query = sqlx::query(&sql).bind(now);
@@ -394,7 +448,11 @@ impl Store {
 
     /// The highest output sequence number of a job (0 if none), so a new attempt appends.
     pub async fn last_seq(&self, job_id: i64) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM job_output WHERE job_id = $1").bind(job_id).fetch_one(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT COALESCE(MAX(seq), 0) AS last FROM job_output WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_one(&self.pool)
+                .await?;
         row.try_get::<i64, _>("last")
     }
 
@@ -402,11 +460,21 @@ impl Store {
     pub async fn append_output(&self, lines: &[OutputLine]) -> Result<(), sqlx::Error> {
         // 6 binds a line; stay well under every backend's bind limit.
         for chunk in lines.chunks(500) {
-            let mut sql = String::from("INSERT INTO job_output (job_id, seq, attempt, stream, at, line) VALUES ");
+            let mut sql = String::from(
+                "INSERT INTO job_output (job_id, seq, attempt, stream, at, line) VALUES ",
+            );
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     let b = i * 6;
-                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
+                    )
                 })
                 .collect();
             sql += &values.join(", ");
@@ -414,7 +482,13 @@ impl Store {
             sql += " ON CONFLICT (job_id, seq) DO NOTHING";
             let mut query = sqlx::query(&sql);
             for l in chunk {
-                query = query.bind(l.job_id).bind(l.seq).bind(l.attempt).bind(l.stream).bind(l.at).bind(l.line.clone());
+                query = query
+                    .bind(l.job_id)
+                    .bind(l.seq)
+                    .bind(l.attempt)
+                    .bind(l.stream)
+                    .bind(l.at)
+                    .bind(l.line.clone());
             }
             query.execute(&self.pool).await?;
         }
@@ -422,7 +496,12 @@ impl Store {
     }
 
     /// Output lines after `after_seq`, oldest first.
-    pub async fn output(&self, job_id: i64, after_seq: i64, limit: i64) -> Result<Vec<OutputLine>, sqlx::Error> {
+    pub async fn output(
+        &self,
+        job_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<OutputLine>, sqlx::Error> {
         let rows = sqlx::query("SELECT job_id, seq, attempt, stream, at, line FROM job_output WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
             .bind(job_id)
             .bind(after_seq)
@@ -450,14 +529,24 @@ impl Store {
 
     /// The last `n` output lines, oldest first.
     pub async fn output_tail(&self, job_id: i64, n: i64) -> Result<Vec<String>, sqlx::Error> {
-        let rows = sqlx::query("SELECT line FROM job_output WHERE job_id = $1 ORDER BY seq DESC LIMIT $2").bind(job_id).bind(n).fetch_all(&self.pool).await?;
-        let mut lines = rows.iter().map(|r| r.try_get::<String, _>("line")).collect::<Result<Vec<_>, _>>()?;
+        let rows =
+            sqlx::query("SELECT line FROM job_output WHERE job_id = $1 ORDER BY seq DESC LIMIT $2")
+                .bind(job_id)
+                .bind(n)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut lines = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("line"))
+            .collect::<Result<Vec<_>, _>>()?;
         lines.reverse();
         Ok(lines)
     }
 
     /// Queued and running jobs by task: `(queued, running)`.
-    pub async fn counts_active(&self) -> Result<std::collections::BTreeMap<String, (i64, i64)>, sqlx::Error> {
+    pub async fn counts_active(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, (i64, i64)>, sqlx::Error> {
         let rows = sqlx::query("SELECT task, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') GROUP BY task, state")
             .fetch_all(&self.pool)
             .await?;
@@ -478,11 +567,17 @@ impl Store {
 
     /// Jobs by task and state, for status and metrics.
     pub async fn counts(&self) -> Result<Vec<(String, JobState, i64)>, sqlx::Error> {
-        let rows = sqlx::query("SELECT task, state, COUNT(*) AS n FROM jobs GROUP BY task, state").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT task, state, COUNT(*) AS n FROM jobs GROUP BY task, state")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .filter_map(|r| {
                 let state: String = r.try_get("state").ok()?;
-                Some(Ok((r.try_get("task").ok()?, JobState::parse(&state)?, r.try_get("n").ok()?)))
+                Some(Ok((
+                    r.try_get("task").ok()?,
+                    JobState::parse(&state)?,
+                    r.try_get("n").ok()?,
+                )))
             })
             .collect()
     }

@@ -38,32 +38,52 @@ impl Task {
             .map(|(k, pattern)| {
                 // Anchored: a value must match in full, not merely contain a match.
                 let anchored = format!("^(?:{pattern})$");
-                (k.clone(), Regex::new(&anchored).expect("validated with the configuration"))
+                (
+                    k.clone(),
+                    Regex::new(&anchored).expect("validated with the configuration"),
+                )
             })
             .collect();
-        Self { name: name.to_string(), config: config.clone(), params }
+        Self {
+            name: name.to_string(),
+            config: config.clone(),
+            params,
+        }
     }
 
     /// Compiles every task of a configuration.
     pub fn all(tasks: &BTreeMap<String, TaskConfig>) -> BTreeMap<String, Arc<Task>> {
-        tasks.iter().map(|(name, cfg)| (name.clone(), Arc::new(Task::new(name, cfg)))).collect()
+        tasks
+            .iter()
+            .map(|(name, cfg)| (name.clone(), Arc::new(Task::new(name, cfg))))
+            .collect()
     }
 
     /// Checks request parameters: every name known, every value a string matching its rule,
     /// and every parameter the command uses present.
-    pub fn check_params(&self, given: &serde_json::Map<String, serde_json::Value>) -> Result<BTreeMap<String, String>, ParamError> {
+    pub fn check_params(
+        &self,
+        given: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<BTreeMap<String, String>, ParamError> {
         let mut out = BTreeMap::new();
         for (name, value) in given {
             let Some((_, rule)) = self.params.iter().find(|(k, _)| k == name) else {
                 let known: Vec<&str> = self.params.iter().map(|(k, _)| k.as_str()).collect();
-                let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
                 return Err(ParamError::Unknown(name.clone(), known));
             };
             let serde_json::Value::String(text) = value else {
                 return Err(ParamError::NotAString(name.clone()));
             };
             if !rule.is_match(text) {
-                return Err(ParamError::NoMatch(name.clone(), self.config.params[name].clone()));
+                return Err(ParamError::NoMatch(
+                    name.clone(),
+                    self.config.params[name].clone(),
+                ));
             }
             out.insert(name.clone(), text.clone());
         }
@@ -83,7 +103,10 @@ impl Task {
             .command
             .iter()
             .map(|arg| match placeholder(arg) {
-                Some(p) => params.get(p).cloned().ok_or_else(|| ParamError::Missing(p.to_string())),
+                Some(p) => params
+                    .get(p)
+                    .cloned()
+                    .ok_or_else(|| ParamError::Missing(p.to_string())),
                 None => Ok(arg.clone()),
             })
             .collect()
@@ -96,7 +119,10 @@ mod tests {
     use serde_json::json;
 
     fn task() -> Task {
-        let mut cfg = TaskConfig { command: vec!["/bin/echo".into(), "{who}".into(), "literal {x}".into()], ..Default::default() };
+        let mut cfg = TaskConfig {
+            command: vec!["/bin/echo".into(), "{who}".into(), "literal {x}".into()],
+            ..Default::default()
+        };
         cfg.params.insert("who".into(), "[a-z]+".into());
         Task::new("greet", &cfg)
     }
@@ -115,15 +141,30 @@ mod tests {
     #[test]
     fn values_must_match_in_full() {
         let t = task();
-        assert!(matches!(t.check_params(&params(json!({"who": "ann; rm -rf /"}))), Err(ParamError::NoMatch(..))));
-        assert!(matches!(t.check_params(&params(json!({"who": "ANN"}))), Err(ParamError::NoMatch(..))));
+        assert!(matches!(
+            t.check_params(&params(json!({"who": "ann; rm -rf /"}))),
+            Err(ParamError::NoMatch(..))
+        ));
+        assert!(matches!(
+            t.check_params(&params(json!({"who": "ANN"}))),
+            Err(ParamError::NoMatch(..))
+        ));
     }
 
     #[test]
     fn unknown_missing_and_non_string_are_refused() {
         let t = task();
-        assert!(matches!(t.check_params(&params(json!({"who": "a", "x": "b"}))), Err(ParamError::Unknown(..))));
-        assert!(matches!(t.check_params(&params(json!({}))), Err(ParamError::Missing(_))));
-        assert!(matches!(t.check_params(&params(json!({"who": 1}))), Err(ParamError::NotAString(_))));
+        assert!(matches!(
+            t.check_params(&params(json!({"who": "a", "x": "b"}))),
+            Err(ParamError::Unknown(..))
+        ));
+        assert!(matches!(
+            t.check_params(&params(json!({}))),
+            Err(ParamError::Missing(_))
+        ));
+        assert!(matches!(
+            t.check_params(&params(json!({"who": 1}))),
+            Err(ParamError::NotAString(_))
+        ));
     }
 }

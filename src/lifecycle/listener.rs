@@ -30,7 +30,10 @@ pub enum ListenerError {
     #[error("the socket systemd passed (fd {fd}) is not a usable TCP listener: {source}; check ListenStream= in the .socket unit")]
     BadActivatedSocket { fd: RawFd, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}; is another process using it? change http.listen or stop the other process")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 impl ActivatedFds {
@@ -58,10 +61,21 @@ pub async fn acquire(fds: &ActivatedFds, listen: &str) -> Result<Listener, Liste
         std_listener.set_nonblocking(true).map_err(bad)?;
         let local_addr = std_listener.local_addr().map_err(bad)?;
         let socket = tokio::net::TcpListener::from_std(std_listener).map_err(bad)?;
-        return Ok(Listener { socket, origin: Origin::Activated, local_addr });
+        return Ok(Listener {
+            socket,
+            origin: Origin::Activated,
+            local_addr,
+        });
     }
-    let bind = |source| ListenerError::Bind { addr: listen.to_string(), source };
+    let bind = |source| ListenerError::Bind {
+        addr: listen.to_string(),
+        source,
+    };
     let socket = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
     let local_addr = socket.local_addr().map_err(bind)?;
-    Ok(Listener { socket, origin: Origin::Bound, local_addr })
+    Ok(Listener {
+        socket,
+        origin: Origin::Bound,
+        local_addr,
+    })
 }

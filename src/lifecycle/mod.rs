@@ -35,6 +35,9 @@ use server::Server;
 const STARTUP_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const STARTUP_HEARTBEAT_EXTENDS: Duration = Duration::from_secs(3);
 
+/// How often STATUS= is refreshed from the app's report while serving (sent only if changed).
+const STATUS_REFRESH_EVERY: Duration = Duration::from_secs(2);
+
 /// What systemd passed in the environment, read once before any thread starts and then
 /// removed, so job processes do not inherit it.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +55,10 @@ impl SystemdEnv {
     pub unsafe fn take() -> std::io::Result<Self> {
         let fds = sd_notify::listen_fds_with_names_and_unset_env()?.collect();
         let watchdog = sd_notify::watchdog_enabled_and_unset_env();
-        Ok(Self { fds: ActivatedFds(fds), watchdog })
+        Ok(Self {
+            fds: ActivatedFds(fds),
+            watchdog,
+        })
     }
 }
 
@@ -189,7 +195,11 @@ pub enum StartupError {
     #[error("startup step `{step}` failed: {message}")]
     Failed { step: &'static str, message: String },
     #[error("startup step `{step}` did not finish within {limit}; {hint}, or raise startup.step_timeout")]
-    TimedOut { step: &'static str, limit: String, hint: &'static str },
+    TimedOut {
+        step: &'static str,
+        limit: String,
+        hint: &'static str,
+    },
     #[error("a stop was requested during startup step `{step}`")]
     Interrupted { step: &'static str },
 }
@@ -205,9 +215,20 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// Starts the lifecycle: STATUS=starting.
-    pub fn new(settings: Settings, systemd: SystemdEnv, notifier: Notifier, signals: SignalStream) -> Self {
+    pub fn new(
+        settings: Settings,
+        systemd: SystemdEnv,
+        notifier: Notifier,
+        signals: SignalStream,
+    ) -> Self {
         notifier.status("starting");
-        Self { notifier, signals, systemd, settings, handle: Handle::new() }
+        Self {
+            notifier,
+            signals,
+            systemd,
+            settings,
+            handle: Handle::new(),
+        }
     }
 
     pub fn handle(&self) -> Handle {
@@ -220,7 +241,11 @@ impl Lifecycle {
 
     /// Logs a step that already ran (configuration is loaded before the lifecycle exists).
     pub fn record_step(&self, name: &'static str, took: Duration) {
-        tracing::info!(step = name, duration_ms = took.as_millis() as u64, "startup step {name} done in {took:.0?}");
+        tracing::info!(
+            step = name,
+            duration_ms = took.as_millis() as u64,
+            "startup step {name} done in {took:.0?}"
+        );
     }
 
     /// Runs one startup step under `startup.step_timeout`, logging its duration.
@@ -263,19 +288,34 @@ impl Lifecycle {
         let took = started.elapsed();
         match result {
             Ok(value) => {
-                tracing::info!(step = name, duration_ms = took.as_millis() as u64, "startup step {name} done in {took:.0?}");
+                tracing::info!(
+                    step = name,
+                    duration_ms = took.as_millis() as u64,
+                    "startup step {name} done in {took:.0?}"
+                );
                 Ok(Some(value))
             }
             Err(message) => {
                 let err = if message.is_empty() {
-                    StartupError::TimedOut { step: name, limit: humantime::format_duration(self.settings.step_timeout).to_string(), hint }
+                    StartupError::TimedOut {
+                        step: name,
+                        limit: humantime::format_duration(self.settings.step_timeout).to_string(),
+                        hint,
+                    }
                 } else {
-                    StartupError::Failed { step: name, message: format!("{message}; {hint}") }
+                    StartupError::Failed {
+                        step: name,
+                        message: format!("{message}; {hint}"),
+                    }
                 };
                 match kind {
                     Step::Required => Err(err),
                     Step::Optional => {
-                        tracing::warn!(step = name, duration_ms = took.as_millis() as u64, "{err}; continuing without it");
+                        tracing::warn!(
+                            step = name,
+                            duration_ms = took.as_millis() as u64,
+                            "{err}; continuing without it"
+                        );
                         Ok(None)
                     }
                 }
@@ -288,7 +328,12 @@ impl Lifecycle {
         let fds = self.systemd.fds.clone();
         let listen = listen.to_string();
         let listener = self
-            .step("listener", Step::Required, "check http.listen and the .socket unit", async move { listener::acquire(&fds, &listen).await })
+            .step(
+                "listener",
+                Step::Required,
+                "check http.listen and the .socket unit",
+                async move { listener::acquire(&fds, &listen).await },
+            )
             .await?
             .expect("a required step gives a value");
         tracing::info!(addr = %listener.local_addr, origin = ?listener.origin, "listening on {}", listener.local_addr);
@@ -299,7 +344,13 @@ impl Lifecycle {
     ///
     /// Sends READY=1 first: call it only once every startup step is done.
     pub async fn serve(self, listener: Listener, router: Router, app: Arc<dyn App>) -> StopReport {
-        let Lifecycle { notifier, mut signals, systemd, mut settings, handle } = self;
+        let Lifecycle {
+            notifier,
+            mut signals,
+            systemd,
+            mut settings,
+            handle,
+        } = self;
         let connection_settings = Arc::new(RwLock::new(ConnectionSettings {
             header_read_timeout: settings.header_read_timeout,
             idle_close: settings.idle_close,
@@ -311,14 +362,30 @@ impl Lifecycle {
             handle.inner.stopping.clone(),
             handle.inner.counters.clone(),
         );
-        let watchdog = systemd.watchdog.map(|interval| tokio::spawn(watchdog(notifier.clone(), interval)));
+        let watchdog_task = systemd
+            .watchdog
+            .map(|interval| tokio::spawn(watchdog(notifier.clone(), interval)));
 
         handle.set_state(State::Ready);
         notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
         tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "ready");
 
+        let mut status_line = app.report().status_line;
+        let mut status_refresh = tokio::time::interval(STATUS_REFRESH_EVERY);
         let fast = loop {
-            match signals.next().await {
+            let signal = tokio::select! {
+                signal = signals.next() => signal,
+                _ = status_refresh.tick() => {
+                    // STATUS= tells the truth between state changes too (queue depth, jobs).
+                    let line = app.report().status_line;
+                    if line != status_line {
+                        notifier.status(line.clone());
+                        status_line = line;
+                    }
+                    continue;
+                }
+            };
+            match signal {
                 Some(Signal::Stop) | None => break false,
                 Some(Signal::FastStop) => break true,
                 Some(Signal::Report) => log_report(&handle, &notifier, &*app),
@@ -349,7 +416,13 @@ impl Lifecycle {
         // The stop. Signals keep being read: a second stop signal means "stop fast".
         handle.set_state(State::Draining);
         handle.inner.stopping.cancel();
-        notifier.send(&[Message::Stopping, Message::Status(format!("draining: {} requests in flight", handle.in_flight()))]);
+        notifier.send(&[
+            Message::Stopping,
+            Message::Status(format!(
+                "draining: {} requests in flight",
+                handle.in_flight()
+            )),
+        ]);
         tracing::info!(fast, grace = %humantime::format_duration(settings.grace), "stop requested; draining");
         let fast_token = CancellationToken::new();
         if fast {
@@ -375,17 +448,32 @@ impl Lifecycle {
                 }
             })
         };
-        let report = stages::run_plan(app.stop_plan(), &mut server, settings.grace, fast_token, &notifier).await;
+        let report = stages::run_plan(
+            app.stop_plan(),
+            &mut server,
+            settings.grace,
+            fast_token,
+            &notifier,
+        )
+        .await;
         signal_task.abort();
-        if let Some(w) = watchdog {
+        if let Some(w) = watchdog_task {
             w.abort();
         }
         handle.set_state(State::Stopping);
         if report.cut.is_empty() {
             notifier.status(format!("stopped in {:.0?}", report.elapsed));
-            tracing::info!(duration_ms = report.elapsed.as_millis() as u64, "stopped in {:.0?}", report.elapsed);
+            tracing::info!(
+                duration_ms = report.elapsed.as_millis() as u64,
+                "stopped in {:.0?}",
+                report.elapsed
+            );
         } else {
-            notifier.status(format!("stopped in {:.0?}; cut: {}", report.elapsed, report.cut.join(", ")));
+            notifier.status(format!(
+                "stopped in {:.0?}; cut: {}",
+                report.elapsed,
+                report.cut.join(", ")
+            ));
             tracing::warn!(
                 duration_ms = report.elapsed.as_millis() as u64,
                 "stopped in {:.0?}, but these stages had to cut work: {}",

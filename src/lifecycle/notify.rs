@@ -51,7 +51,9 @@ impl Notifier {
                             // systemd wants the reload's start time in the same datagram.
                             match sd_notify::NotifyState::monotonic_usec_now() {
                                 Ok(now) => states.push(now),
-                                Err(e) => tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC for MONOTONIC_USEC"),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC for MONOTONIC_USEC")
+                                }
                             }
                         }
                         Message::Stopping => states.push(sd_notify::NotifyState::Stopping),
@@ -61,9 +63,11 @@ impl Notifier {
                             }
                         }
                         Message::Watchdog => states.push(sd_notify::NotifyState::Watchdog),
-                        Message::ExtendTimeout(d) => states.push(sd_notify::NotifyState::ExtendTimeoutUsec(
-                            u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
-                        )),
+                        Message::ExtendTimeout(d) => {
+                            states.push(sd_notify::NotifyState::ExtendTimeoutUsec(
+                                u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
+                            ))
+                        }
                     }
                 }
                 if let Err(e) = sd_notify::notify(&states) {

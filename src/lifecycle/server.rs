@@ -78,9 +78,27 @@ impl Server {
         let accept_stop = CancellationToken::new();
         let cut = CancellationToken::new();
         let connections = TaskTracker::new();
-        let shared = Arc::new(Shared { router, settings, draining: draining.clone(), cut: cut.clone(), counters: counters.clone() });
-        let accept_task = tokio::spawn(accept_loop(listener, shared, connections.clone(), accept_stop.clone()));
-        Self { accept_stop, accept_task: Some(accept_task), draining, cut, connections, counters }
+        let shared = Arc::new(Shared {
+            router,
+            settings,
+            draining: draining.clone(),
+            cut: cut.clone(),
+            counters: counters.clone(),
+        });
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            shared,
+            connections.clone(),
+            accept_stop.clone(),
+        ));
+        Self {
+            accept_stop,
+            accept_task: Some(accept_task),
+            draining,
+            cut,
+            connections,
+            counters,
+        }
     }
 
     /// Stops calling `accept()`. Connections still in the kernel's backlog stay there: with
@@ -121,7 +139,12 @@ struct Shared {
     counters: Arc<Counters>,
 }
 
-async fn accept_loop(listener: Listener, shared: Arc<Shared>, connections: TaskTracker, stop: CancellationToken) {
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -164,7 +187,10 @@ impl BusyGuard {
     fn new(connection: &Arc<ConnectionState>, counters: &Arc<Counters>) -> Self {
         connection.busy.fetch_add(1, Ordering::AcqRel);
         counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self { connection: connection.clone(), counters: counters.clone() }
+        Self {
+            connection: connection.clone(),
+            counters: counters.clone(),
+        }
     }
 }
 
@@ -185,7 +211,10 @@ impl http_body::Body for GuardedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -225,18 +254,31 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
             let router = shared.router.clone();
             let draining = shared.draining.clone();
             async move {
-                let response = router.oneshot(request.map(Body::new)).await.unwrap_or_else(|never: Infallible| match never {});
-                let mut response = response.map(|inner| Body::new(GuardedBody { inner, _guard: guard }));
+                let response = router
+                    .oneshot(request.map(Body::new))
+                    .await
+                    .unwrap_or_else(|never: Infallible| match never {});
+                let mut response = response.map(|inner| {
+                    Body::new(GuardedBody {
+                        inner,
+                        _guard: guard,
+                    })
+                });
                 if draining.is_cancelled() {
                     // hyper closes the connection after writing a response that says so.
-                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response)
             }
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
 

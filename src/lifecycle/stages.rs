@@ -48,12 +48,26 @@ pub struct Stage {
 impl Stage {
     /// STOPPING=1 has been sent and readiness fails; this stops `accept()`.
     pub fn stop_accepting() -> Self {
-        Self { name: "stop-accepting", setting: "", budget: Duration::ZERO, cut_allowance: Duration::from_secs(1), waits: false, work: Work::StopAccepting }
+        Self {
+            name: "stop-accepting",
+            setting: "",
+            budget: Duration::ZERO,
+            cut_allowance: Duration::from_secs(1),
+            waits: false,
+            work: Work::StopAccepting,
+        }
     }
 
     /// In-flight requests finish; idle connections get `idle_close`; the rest is cut.
     pub fn http_drain(budget: Duration) -> Self {
-        Self { name: "http-drain", setting: "shutdown.http_drain", budget, cut_allowance: HTTP_CUT_ALLOWANCE, waits: true, work: Work::HttpDrain }
+        Self {
+            name: "http-drain",
+            setting: "shutdown.http_drain",
+            budget,
+            cut_allowance: HTTP_CUT_ALLOWANCE,
+            waits: true,
+            work: Work::HttpDrain,
+        }
     }
 
     /// A stage that waits for work to finish (cut at its budget, or at once on a fast stop).
@@ -64,7 +78,14 @@ impl Stage {
         cut_allowance: Duration,
         work: impl FnOnce(StageContext) -> BoxFuture<'static, StageOutcome> + Send + 'static,
     ) -> Self {
-        Self { name, setting, budget, cut_allowance, waits: true, work: Work::Custom(Box::new(work)) }
+        Self {
+            name,
+            setting,
+            budget,
+            cut_allowance,
+            waits: true,
+            work: Work::Custom(Box::new(work)),
+        }
     }
 
     /// A stage that must run even on a fast stop (flush, close), bounded by its budget.
@@ -74,7 +95,14 @@ impl Stage {
         budget: Duration,
         work: impl FnOnce(StageContext) -> BoxFuture<'static, StageOutcome> + Send + 'static,
     ) -> Self {
-        Self { name, setting, budget, cut_allowance: Duration::ZERO, waits: false, work: Work::Custom(Box::new(work)) }
+        Self {
+            name,
+            setting,
+            budget,
+            cut_allowance: Duration::ZERO,
+            waits: false,
+            work: Work::Custom(Box::new(work)),
+        }
     }
 }
 
@@ -114,7 +142,13 @@ pub struct StopReport {
 }
 
 /// Runs `plan` in order within `grace`. `fast` is cancelled by a second stop signal.
-pub(crate) async fn run_plan(plan: Vec<Stage>, server: &mut Server, grace: Duration, fast: CancellationToken, notifier: &Notifier) -> StopReport {
+pub(crate) async fn run_plan(
+    plan: Vec<Stage>,
+    server: &mut Server,
+    grace: Duration,
+    fast: CancellationToken,
+    notifier: &Notifier,
+) -> StopReport {
     let started = Instant::now();
     let grace_deadline = started + grace;
     let mut report = StopReport::default();
@@ -128,7 +162,11 @@ pub(crate) async fn run_plan(plan: Vec<Stage>, server: &mut Server, grace: Durat
             cut.cancel();
             hard = hard.min(stage_started + stage.cut_allowance);
         }
-        let ctx = StageContext { cut: cut.clone(), deadline: soft, notifier: notifier.clone() };
+        let ctx = StageContext {
+            cut: cut.clone(),
+            deadline: soft,
+            notifier: notifier.clone(),
+        };
         let name = stage.name;
         let work: BoxFuture<'_, StageOutcome> = match stage.work {
             Work::StopAccepting => Box::pin(async {
@@ -140,10 +178,12 @@ pub(crate) async fn run_plan(plan: Vec<Stage>, server: &mut Server, grace: Durat
                 let server = &*server;
                 Box::pin(async move {
                     match server.drain(cut).await {
-                        DrainOutcome::Drained => StageOutcome::Done("every connection finished".into()),
-                        DrainOutcome::Cut { open, in_flight } => {
-                            StageOutcome::Cut(format!("closed {open} connections with {in_flight} requests still in progress"))
+                        DrainOutcome::Drained => {
+                            StageOutcome::Done("every connection finished".into())
                         }
+                        DrainOutcome::Cut { open, in_flight } => StageOutcome::Cut(format!(
+                            "closed {open} connections with {in_flight} requests still in progress"
+                        )),
                     }
                 })
             }
@@ -180,11 +220,21 @@ pub(crate) async fn run_plan(plan: Vec<Stage>, server: &mut Server, grace: Durat
         report.stages.push((name, took));
         match &outcome {
             StageOutcome::Done(what) => {
-                tracing::info!(stage = name, duration_ms = took.as_millis() as u64, outcome = "done", "shutdown stage {name} done in {took:.0?}: {what}");
+                tracing::info!(
+                    stage = name,
+                    duration_ms = took.as_millis() as u64,
+                    outcome = "done",
+                    "shutdown stage {name} done in {took:.0?}: {what}"
+                );
             }
             StageOutcome::Cut(what) if cut_by_fast => {
                 report.cut.push(name);
-                tracing::warn!(stage = name, duration_ms = took.as_millis() as u64, outcome = "cut", "shutdown stage {name} cut by a fast stop after {took:.0?}: {what}");
+                tracing::warn!(
+                    stage = name,
+                    duration_ms = took.as_millis() as u64,
+                    outcome = "cut",
+                    "shutdown stage {name} cut by a fast stop after {took:.0?}: {what}"
+                );
             }
             StageOutcome::Cut(what) => {
                 report.cut.push(name);
