@@ -2,7 +2,7 @@
 //!
 //! This is the one place that knows both sides: the lifecycle (which knows nothing of
 //! jobs, routes or SQL) and the application parts (which never read signals or
-//! `$NOTIFY_SOCKET`).
+//! the service manager's notify socket).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
