@@ -73,5 +73,13 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
             rewritten.headers_mut().insert(name.clone(), value.clone());
         }
     }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The body was not read, so hyper closes the connection after this response; say
+        // so, or a client reuses the connection and its next request fails.
+        rewritten.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     rewritten
 }
