@@ -212,13 +212,14 @@ impl Runner {
         if let Some(task) = claim_loop {
             let _ = task.await;
         }
-        let requeued_now = {
+        let (running_at_start, requeued_now) = {
             let running = inner.running.lock().expect("poisoned");
-            running
+            let requeued = running
                 .values()
                 .filter(|r| r.on_shutdown == OnShutdown::Requeue)
                 .map(|r| r.requeue.cancel())
-                .count()
+                .count();
+            (running.len(), requeued)
         };
         inner.jobs.close();
         let mut status = tokio::time::interval(Duration::from_secs(1));
@@ -230,7 +231,9 @@ impl Runner {
             }
         };
         if finished {
-            return StageOutcome::Done(if requeued_now > 0 {
+            return StageOutcome::Done(if running_at_start == 0 {
+                "no jobs were running".into()
+            } else if requeued_now > 0 {
                 format!("every job finished or was requeued ({requeued_now} requeued by on_shutdown = \"requeue\")")
             } else {
                 "every running job finished".into()
