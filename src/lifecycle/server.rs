@@ -4,9 +4,11 @@
 //! connection whose request bytes are still in flight looks idle: that is the reset a bare
 //! axum server shows under restarts. Here each connection has its own task that knows
 //! whether a request is in progress. When the drain starts, responses carry
-//! `Connection: close`; a connection with no request in progress gets
-//! `shutdown.idle_close` to send one before it is closed; whatever is still open when the
-//! stage's budget runs out is cut.
+//! `Connection: close`; a keep-alive connection with no request in progress gets
+//! `shutdown.idle_close` to send one before it is closed. A connection that has not sent
+//! its first request yet is never closed that way: it was accepted, so its request is on
+//! its way (only `http.header_read_timeout` and the drain budget bound it). Whatever is
+//! still open when the stage's budget runs out is cut.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -171,10 +173,13 @@ async fn accept_loop(
     drop(listener);
 }
 
-/// Per-connection bookkeeping: is a request in progress right now?
+/// Per-connection bookkeeping: is a request in progress right now, and was there one yet?
 #[derive(Default)]
 struct ConnectionState {
     busy: AtomicUsize,
+    /// Requests started on this connection. Zero means a fresh connection whose first
+    /// request may still be on the wire: closing it then would fail that request.
+    requests: AtomicUsize,
 }
 
 /// Held while a request is in progress, body included.
@@ -186,6 +191,7 @@ struct BusyGuard {
 impl BusyGuard {
     fn new(connection: &Arc<ConnectionState>, counters: &Arc<Counters>) -> Self {
         connection.busy.fetch_add(1, Ordering::AcqRel);
+        connection.requests.fetch_add(1, Ordering::AcqRel);
         counters.in_flight.fetch_add(1, Ordering::AcqRel);
         Self {
             connection: connection.clone(),
@@ -299,13 +305,17 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
                 idle_check.as_mut().reset(Instant::now() + settings.idle_close);
             }
             _ = idle_check.as_mut(), if drain_seen && !closing => {
-                if state.busy.load(Ordering::Acquire) == 0 {
-                    // No request arrived within the window: close it (hyper closes an idle
-                    // HTTP/1 connection at once, and finishes one that is mid-request).
+                let idle = state.busy.load(Ordering::Acquire) == 0;
+                let served = state.requests.load(Ordering::Acquire) > 0;
+                if idle && served {
+                    // A keep-alive connection sent no new request within the window: close
+                    // it (hyper closes an idle HTTP/1 connection at once).
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 } else {
-                    // The response in progress carries `Connection: close`; look again later.
+                    // A response in progress carries `Connection: close`; a fresh
+                    // connection's first request is on its way and will get that answer
+                    // too. Look again later.
                     idle_check.as_mut().reset(Instant::now() + settings.idle_close);
                 }
             }
