@@ -362,8 +362,11 @@ impl Lifecycle {
             handle.inner.stopping.clone(),
             handle.inner.counters.clone(),
         );
+        // WATCHDOG_USEC=0 is no watchdog (libsystemd rejects it), and a zero period would
+        // panic in `tokio::time::interval`.
         let watchdog_task = systemd
             .watchdog
+            .filter(|interval| !interval.is_zero())
             .map(|interval| tokio::spawn(watchdog(notifier.clone(), interval)));
 
         handle.set_state(State::Ready);
