@@ -5,6 +5,11 @@ use std::path::Path;
 
 use crate::cli::exit;
 use crate::config::{fmt_duration, Config};
+use crate::unitcheck::{check_installed_unit, Budgets, UnitFit};
+
+/// The startup steps each bounded by `startup.step_timeout`: listener, database connect,
+/// migrate, warm-up.
+const STARTUP_STEPS: u32 = 4;
 
 /// Runs the check and returns the exit code.
 pub fn run(path: Option<&Path>) -> u8 {
@@ -29,14 +34,32 @@ pub fn run(path: Option<&Path>) -> u8 {
     }
     let s = &config.shutdown;
     println!(
-        "# stop budget: {} of shutdown.grace {} (http_drain {} + jobs_drain {} + longest kill_grace {} + flush {} + db_close {})",
+        "# stop budget: {} of shutdown.grace {} (http_drain {} + 1s to cut + jobs_drain {} + {} to stop jobs (longest kill_grace + 1s) + flush {} + db_close {})",
         fmt_duration(config.stop_budget()),
         fmt_duration(s.grace),
         fmt_duration(s.http_drain),
         fmt_duration(s.jobs_drain),
-        fmt_duration(config.max_kill_grace()),
+        fmt_duration(config.jobs_cut_allowance()),
         fmt_duration(s.flush),
         fmt_duration(s.db_close)
     );
-    exit::OK
+    let budgets = Budgets { stop_grace: s.grace, startup_total: config.startup.step_timeout * STARTUP_STEPS };
+    match check_installed_unit("shiftd", &budgets) {
+        UnitFit::Skipped(why) => {
+            println!("# unit check: {why}");
+            exit::OK
+        }
+        UnitFit::Fits(lines) => {
+            for line in lines {
+                println!("# unit check: {line}");
+            }
+            exit::OK
+        }
+        UnitFit::DoesNotFit(lines) => {
+            for line in lines {
+                eprintln!("shiftd check: {line}");
+            }
+            exit::CONFIG
+        }
+    }
 }

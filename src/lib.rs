@@ -10,3 +10,4 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
 pub mod service;
+pub mod unitcheck;
