@@ -1,0 +1,141 @@
+# shellcheck shell=bash
+# Host side: tools, the .deb files under test, and the cached Debian 12 root filesystem.
+
+E2E_CACHE=${E2E_CACHE:-/var/cache/shiftd-e2e}
+E2E_SUITE=${E2E_SUITE:-bookworm}
+# What the container needs besides minbase. adduser is here so that `apt install ./shiftd.deb`
+# resolves its dependencies from the root filesystem alone.
+E2E_ROOTFS_PACKAGES=${E2E_ROOTFS_PACKAGES:-systemd,systemd-sysv,dbus,nginx-light,curl,procps,ca-certificates,adduser}
+# Bump when customize_rootfs changes, so cached root filesystems are rebuilt.
+E2E_ROOTFS_RECIPE=2
+
+# Installs what the harness runs on the host; does nothing when it is all there.
+ensure_host_tools() {
+  local need=() pkg
+  for pkg in systemd-container debootstrap curl util-linux coreutils dpkg; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
+  done
+  if ((${#need[@]})); then
+    log "installing host packages: ${need[*]}"
+    bounded 600 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive bounded 900 apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  command -v python3 >/dev/null || die "python3 is needed on the host"
+  if ! command -v "${E2E_OHA:-oha}" >/dev/null && [[ ! -x $HOME/.cargo/bin/oha ]]; then
+    log "installing the load generator oha (cargo install, a few minutes once)"
+    bounded 1800 cargo install oha --locked --quiet
+  fi
+  E2E_OHA=$(command -v "${E2E_OHA:-oha}" || echo "$HOME/.cargo/bin/oha")
+  export E2E_OHA
+}
+
+# Sets E2E_DEB to the package under test: $E2E_DEB if given, else built by
+# packaging/ci-package.sh when the repository has it, else by `cargo deb`.
+build_deb() {
+  if [[ -n ${E2E_DEB-} ]]; then
+    [[ -f $E2E_DEB ]] || die "E2E_DEB=$E2E_DEB does not exist"
+    E2E_DEB=$(realpath "$E2E_DEB")
+  else
+    local started; started=$(date +%s)
+    if [[ -x $REPO_DIR/packaging/ci-package.sh ]]; then
+      log "building the .deb with packaging/ci-package.sh"
+      (cd "$REPO_DIR" && bounded 2400 packaging/ci-package.sh) >&2 || die "packaging/ci-package.sh failed"
+    else
+      command -v cargo-deb >/dev/null || bounded 1800 cargo install cargo-deb --locked --quiet
+      log "building the .deb with cargo deb"
+      (cd "$REPO_DIR" && bounded 2400 cargo deb) >&2 || die "cargo deb failed"
+    fi
+    E2E_DEB=$(find "$REPO_DIR/target" -path '*/debian/shiftd_*.deb' -newermt "@$((started - 1))" -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
+    [[ -n $E2E_DEB ]] || die "the build made no target/**/debian/shiftd_*.deb"
+  fi
+  log "package under test: $E2E_DEB ($(dpkg-deb -f "$E2E_DEB" Version))"
+  export E2E_DEB
+}
+
+# Sets E2E_DEB_NEXT to the same package with a higher version, for the upgrade scenario.
+# It is repacked rather than rebuilt: same payload and maintainer scripts, so the upgrade
+# tests the upgrade path itself and costs seconds, also for a prebuilt $E2E_DEB.
+build_next_deb() {
+  local dir="$E2E_WORK/next" version next
+  version=$(dpkg-deb -f "$E2E_DEB" Version)
+  next="${version}+e2e1"
+  rm -rf "$dir"; mkdir -p "$dir"
+  dpkg-deb -R "$E2E_DEB" "$dir/pkg"
+  sed -i "s/^Version: .*/Version: $next/" "$dir/pkg/DEBIAN/control"
+  dpkg-deb --root-owner-group -Zxz -b "$dir/pkg" "$dir/shiftd_${next}.deb" >/dev/null
+  dpkg --compare-versions "$next" gt "$version" || die "repacked version $next is not above $version"
+  E2E_DEB_NEXT="$dir/shiftd_${next}.deb"
+  export E2E_DEB_NEXT
+  log "upgrade package: $E2E_DEB_NEXT"
+}
+
+# The Debian mirror the host's apt uses, so debootstrap goes where apt already goes.
+host_mirror() {
+  grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
+    grep -v -e security -e '\[' | sed -E 's/^URIs: *//; s/^deb +//' | awk '{print $1}' |
+    grep -E '/debian/?$' | head -1
+}
+
+rootfs_key() {
+  printf '%s|%s|%s' "$E2E_SUITE" "$E2E_ROOTFS_PACKAGES" "$E2E_ROOTFS_RECIPE" | sha256sum | cut -c1-12
+}
+
+# A root filesystem is usable when it finished building and its key binaries are there.
+rootfs_ok() {
+  local root=$1
+  [[ -f $root/.e2e-ready && -x $root/lib/systemd/systemd && -x $root/usr/sbin/nginx &&
+     -x $root/usr/bin/curl && -x $root/usr/bin/apt ]] &&
+    chroot "$root" dpkg-query -W systemd nginx-light dbus >/dev/null 2>&1
+}
+
+# What the container needs beyond packages. Part of the cache key via E2E_ROOTFS_RECIPE.
+customize_rootfs() {
+  local root=$1
+  # Keep every line: the audit reads the whole run, and request logs come in bursts.
+  mkdir -p "$root/etc/systemd/journald.conf.d" "$root/var/log/journal"
+  cat >"$root/etc/systemd/journald.conf.d/e2e.conf" <<'CONF'
+[Journal]
+Storage=persistent
+RateLimitIntervalSec=0
+SystemMaxUse=1G
+CONF
+  # The suite enables the shiftd site itself; nothing else may take the HTTP port.
+  rm -f "$root/etc/nginx/sites-enabled/default"
+  echo shiftd-e2e >"$root/etc/hostname"
+  # No interactive prompts and no recommends inside (apt runs non-interactively).
+  printf 'APT::Install-Recommends "false";\nDpkg::Options { "--force-confdef"; "--force-confold"; };\n' \
+    >"$root/etc/apt/apt.conf.d/90e2e"
+  chroot "$root" apt-get clean
+}
+
+# Sets E2E_ROOT to a cached root filesystem, building it when missing or broken.
+ensure_rootfs() {
+  mkdir -p "$E2E_CACHE"
+  local key root tmp mirror started
+  key=$(rootfs_key)
+  root="$E2E_CACHE/rootfs-$key"
+  # Ephemeral copies (-x) that a killed run left behind sit beside the root as .#*.
+  find "$E2E_CACHE" -maxdepth 1 -name '.#*' -exec rm -rf {} + 2>/dev/null || true
+  if rootfs_ok "$root"; then
+    log "reusing cached root filesystem $root"
+  else
+    started=$SECONDS
+    [[ -e $root ]] && { log "cached root filesystem $root is broken; rebuilding"; rm -rf "$root"; }
+    tmp="$E2E_CACHE/.build-$key"
+    rm -rf "$tmp"
+    mirror=$(host_mirror)
+    log "building a $E2E_SUITE root filesystem with debootstrap (about a minute)"
+    bounded 1200 debootstrap --variant=minbase --include="$E2E_ROOTFS_PACKAGES" \
+      "$E2E_SUITE" "$tmp" ${mirror:+"$mirror"} >"$E2E_WORK/debootstrap.log" 2>&1 ||
+      { tail -20 "$E2E_WORK/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
+    customize_rootfs "$tmp"
+    touch "$tmp/.e2e-ready"
+    mv "$tmp" "$root"
+    rootfs_ok "$root" || die "the new root filesystem $root is not usable"
+    log "root filesystem ready in $((SECONDS - started)) s"
+    # Older keys are dead weight.
+    find "$E2E_CACHE" -maxdepth 1 -name 'rootfs-*' ! -name "rootfs-$key" -exec rm -rf {} + 2>/dev/null || true
+  fi
+  E2E_ROOT=$root
+  export E2E_ROOT
+}
