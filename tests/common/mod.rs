@@ -1,0 +1,954 @@
+//! The shared test harness: spawns the real `shiftd` binary the way systemd would and
+//! lets tests wait on what it says (notify datagrams, log lines, exit) with deadlines.
+//!
+//! In the style of zero2prod's `spawn_app()`: every process gets a fresh temporary
+//! directory as its working directory (so its embedded SQLite lands in `./shiftd-data`),
+//! a config file written there, a `NOTIFY_SOCKET` bound by the test, and its stdout and
+//! stderr captured line by line. Nothing here sleeps for a fixed time: every wait is for
+//! an event, and every wait has a deadline after which the test fails with everything the
+//! process said so far.
+//!
+//! ```ignore
+//! mod common;
+//! use common::*;
+//!
+//! let app = Shiftd::builder().set("shutdown.http_drain", "2s").start().await; // READY=1 seen
+//! let response = http_get(app.addr, "/readyz").await.unwrap();
+//! app.sigterm();
+//! assert_eq!(app.wait_exit(secs(5)).await, 0);
+//! ```
+//!
+//! Environment variables for tests never start with `SHIFTD_` (the binary treats each of
+//! those as configuration and rejects unknown ones): `PG_TEST_URL` is the PostgreSQL admin
+//! URL, `SLOW_TESTS=1` enables the slow suites.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixDatagram};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The binary under test, built by cargo for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_shiftd");
+
+/// The admin URL for PostgreSQL when `PG_TEST_URL` is not set.
+pub const DEFAULT_PG_TEST_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// How long a process may take to send READY=1 in [`ShiftdBuilder::start`]. Generous: two
+/// cores shared with cargo builds make startup slow now and then.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+pub fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// True when `SLOW_TESTS` is set to something other than `0`: the suites over ~10 s run.
+pub fn slow_tests_enabled() -> bool {
+    std::env::var("SLOW_TESTS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Prints why a slow test did nothing and returns true when it should skip.
+pub fn skip_unless_slow(test: &str) -> bool {
+    if slow_tests_enabled() {
+        return false;
+    }
+    eprintln!("{test}: skipped; set SLOW_TESTS=1 to run it");
+    true
+}
+
+/// A port nothing listens on right now (bind port 0, read it, let it go).
+pub fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local_addr")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------
+// Event records: what a process said, in order, with the time each thing arrived.
+// ---------------------------------------------------------------------------------------
+
+/// One `sd_notify` datagram as the test's socket received it.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub at: Instant,
+    pub text: String,
+}
+
+impl Datagram {
+    /// The `KEY=VALUE` lines of the datagram.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.text.lines()
+    }
+
+    /// True if one line is exactly `line` (e.g. `READY=1`).
+    pub fn has(&self, line: &str) -> bool {
+        self.lines().any(|l| l == line)
+    }
+
+    /// The value of `key` in this datagram (e.g. `STATUS`).
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    }
+
+    /// True if the datagram carries `key=` at all.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.value(key).is_some()
+    }
+}
+
+/// One line a process wrote to stdout or stderr.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
+}
+
+/// An append-only record of events that tests wait on.
+///
+/// `wait_for` looks at events after a cursor and moves the cursor past the one it returns,
+/// so a sequence of `wait_for` calls asserts an order. `all` and `any` see everything.
+pub struct Record<T> {
+    name: &'static str,
+    events: watch::Sender<Vec<T>>,
+    cursor: Mutex<usize>,
+    /// Resolves when the process has exited, so waits fail fast instead of timing out.
+    exited: watch::Receiver<Option<i32>>,
+}
+
+impl<T: Clone + std::fmt::Debug + HasText> Record<T> {
+    fn new(name: &'static str, exited: watch::Receiver<Option<i32>>) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            events: watch::channel(Vec::new()).0,
+            cursor: Mutex::new(0),
+            exited,
+        })
+    }
+
+    fn push(&self, event: T) {
+        self.events.send_modify(|v| v.push(event));
+    }
+
+    /// Everything so far.
+    pub fn all(&self) -> Vec<T> {
+        self.events.borrow().clone()
+    }
+
+    /// The first event so far matching `pred`, ignoring the cursor.
+    pub fn any(&self, pred: impl Fn(&T) -> bool) -> Option<T> {
+        self.events.borrow().iter().find(|e| pred(e)).cloned()
+    }
+
+    /// The next event after the cursor matching `pred`, waiting up to `timeout`; `None` if
+    /// none came in time or the process exited without sending one. Moves the cursor.
+    pub async fn try_wait_for(&self, timeout: Duration, pred: impl Fn(&T) -> bool) -> Option<T> {
+        let start = *self.cursor.lock().unwrap();
+        let mut rx = self.events.subscribe();
+        let mut exited = self.exited.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = rx
+                .borrow_and_update()
+                .iter()
+                .enumerate()
+                .skip(start)
+                .find(|(_, e)| pred(e))
+                .map(|(i, e)| (i, e.clone()));
+            if let Some((index, event)) = found {
+                *self.cursor.lock().unwrap() = index + 1;
+                return Some(event);
+            }
+            if exited.borrow().is_some() {
+                // The process is gone, but its last words may still be in a pipe or socket
+                // buffer: give the readers a moment to deliver them (bounded, event-based).
+                if tokio::time::timeout(Duration::from_millis(300), rx.changed())
+                    .await
+                    .is_err()
+                {
+                    return None;
+                }
+                continue;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return None },
+                _ = exited.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
+    /// As [`Record::try_wait_for`], but fails the test (showing what did arrive) when
+    /// nothing matching `what` comes in time.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&T) -> bool) -> T {
+        match self.try_wait_for(timeout, pred).await {
+            Some(event) => event,
+            None => panic!(
+                "{}: no {what} within {timeout:?}{}; received so far:\n{}",
+                self.name,
+                match *self.exited.borrow() {
+                    Some(code) => format!(" (the process exited with {code})"),
+                    None => String::new(),
+                },
+                self.dump()
+            ),
+        }
+    }
+
+    /// The events as text, one per line, for failure messages.
+    pub fn dump(&self) -> String {
+        self.events
+            .borrow()
+            .iter()
+            .map(|e| format!("    {}", e.text().replace('\n', " | ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+pub trait HasText {
+    fn text(&self) -> &str;
+}
+
+impl HasText for Datagram {
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl HasText for Line {
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Record<Datagram> {
+    /// Waits for the next datagram that has the line `line` (e.g. `READY=1`).
+    pub async fn wait_line(&self, line: &str, timeout: Duration) -> Datagram {
+        self.wait_for(line, timeout, |d| d.has(line)).await
+    }
+}
+
+impl Record<Line> {
+    /// Waits for the next line containing `needle`.
+    pub async fn wait_contains(&self, needle: &str, timeout: Duration) -> Line {
+        self.wait_for(&format!("line containing {needle:?}"), timeout, |l| {
+            l.text.contains(needle)
+        })
+        .await
+    }
+
+    /// True if some line so far contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.any(|l| l.text.contains(needle)).is_some()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket activation: a listening socket the test owns, as PID 1 owns a .socket unit's.
+// ---------------------------------------------------------------------------------------
+
+/// A listening TCP socket passed to processes as fd 3 (`LISTEN_FDS=1`). The test keeps its
+/// own copy open for as long as this lives, so connections made while no process accepts
+/// wait in the kernel's backlog, exactly as with `systemctl restart` and a `.socket` unit.
+#[derive(Clone)]
+pub struct ActivationSocket {
+    listener: Arc<StdTcpListener>,
+    pub addr: SocketAddr,
+}
+
+impl ActivationSocket {
+    pub fn bind() -> Self {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind the activation socket");
+        let addr = listener.local_addr().expect("local_addr");
+        Self {
+            listener: Arc::new(listener),
+            addr,
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Spawning the binary.
+// ---------------------------------------------------------------------------------------
+
+/// A temporary directory shared by the processes of one test (their working directory,
+/// hence their SQLite database), deleted when the last user drops it.
+#[derive(Clone)]
+pub struct Workdir(Arc<tempfile::TempDir>);
+
+impl Workdir {
+    pub fn new() -> Self {
+        Self(Arc::new(
+            tempfile::Builder::new()
+                .prefix("shiftd-test-")
+                .tempdir()
+                .expect("create a temp dir"),
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts processes, so each gets its own notify socket and config file in a shared dir.
+static SPAWNED: AtomicUsize = AtomicUsize::new(0);
+
+/// How to start one `shiftd` process. Cheap to clone: `app.builder()` gives the one a
+/// running process was started with, to start a second one like it (same directory,
+/// config and socket).
+#[derive(Clone)]
+pub struct ShiftdBuilder {
+    dir: Workdir,
+    config: toml::Table,
+    extra_toml: String,
+    verbatim: Option<String>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    socket: Option<ActivationSocket>,
+    notify: bool,
+}
+
+impl ShiftdBuilder {
+    /// Sets one configuration key, as a dotted path: `.set("shutdown.http_drain", "2s")`.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        let (section, name) = key.split_once('.').expect("keys are written section.key");
+        let table = self
+            .config
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("a section is a table");
+        table.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// Appends raw TOML after the keys given with [`set`](Self::set) (e.g. `[tasks.x]` tables).
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra_toml.push_str(text);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Writes exactly this text as the config file (for bad-config tests); `set` is ignored.
+    pub fn config_text(mut self, text: &str) -> Self {
+        self.verbatim = Some(text.to_string());
+        self
+    }
+
+    /// Adds an environment variable for the process (its environment is otherwise empty
+    /// but for `PATH`, so nothing from the test's own environment leaks in).
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Passes `socket` as fd 3 with `LISTEN_FDS=1` and `LISTEN_PID` set to the process.
+    pub fn socket(mut self, socket: &ActivationSocket) -> Self {
+        self.socket = Some(socket.clone());
+        self
+    }
+
+    /// Runs in `dir` (shared with another process) instead of a fresh directory.
+    pub fn dir(mut self, dir: &Workdir) -> Self {
+        self.dir = dir.clone();
+        self
+    }
+
+    /// Replaces the arguments after the binary (default: `serve --config <file>`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Leaves `NOTIFY_SOCKET` unset (not under systemd).
+    pub fn without_notify_socket(mut self) -> Self {
+        self.notify = false;
+        self
+    }
+
+    pub fn workdir(&self) -> &Workdir {
+        &self.dir
+    }
+
+    /// The address clients should use: the activation socket's, else `http.listen`.
+    pub fn addr(&self) -> SocketAddr {
+        if let Some(socket) = &self.socket {
+            return socket.addr;
+        }
+        self.config
+            .get("http")
+            .and_then(|h| h.get("listen"))
+            .and_then(|l| l.as_str())
+            .and_then(|l| l.parse().ok())
+            .expect("http.listen is an address")
+    }
+
+    /// The config file text this builder writes.
+    pub fn config_file_text(&self) -> String {
+        match &self.verbatim {
+            Some(text) => text.clone(),
+            None => format!(
+                "{}\n{}",
+                toml::to_string(&self.config).expect("config renders as TOML"),
+                self.extra_toml
+            ),
+        }
+    }
+
+    /// Starts the process and returns at once (see [`start`](Self::start) to wait for READY=1).
+    pub async fn spawn(self) -> Shiftd {
+        let n = SPAWNED.fetch_add(1, Ordering::Relaxed);
+        let dir = self.dir.path().to_path_buf();
+        let config_path = dir.join(format!("shiftd-{n}.toml"));
+        std::fs::write(&config_path, self.config_file_text()).expect("write the config file");
+        let notify_path = dir.join(format!("notify-{n}.sock"));
+        let notify_socket = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+
+        let args: Vec<String> = if self.args.is_empty() {
+            vec![
+                "serve".into(),
+                "--config".into(),
+                config_path.display().to_string(),
+            ]
+        } else {
+            self.args.clone()
+        };
+        let mut command = match &self.socket {
+            // sh exports its own pid as LISTEN_PID, then exec keeps that pid for shiftd.
+            Some(_) => {
+                let mut c = tokio::process::Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
+                    .arg(BIN)
+                    .args(&args);
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new(BIN);
+                c.args(&args);
+                c
+            }
+        };
+        command
+            .current_dir(&dir)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if self.notify {
+            command.env("NOTIFY_SOCKET", &notify_path);
+        }
+        if self.socket.is_some() {
+            command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
+        }
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        if let Some(socket) = &self.socket {
+            let fd = socket.raw_fd();
+            // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if fd == 3 {
+                        // dup2 onto itself would keep close-on-exec set: clear it instead.
+                        nix::fcntl::fcntl(
+                            3,
+                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                        )?;
+                    } else {
+                        nix::unistd::dup2(fd, 3)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let pid = Pid::from_raw(child.id().expect("a fresh child has a pid") as i32);
+        let spawned_at = Instant::now();
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let notify = Record::new("notify", exit_rx.clone());
+        let stderr = Record::new("stderr", exit_rx.clone());
+        let stdout = Record::new("stdout", exit_rx.clone());
+        let log_path = dir.join(format!("stderr-{n}.log"));
+        tokio::spawn(read_lines(
+            child.stderr.take().expect("piped"),
+            stderr.clone(),
+            Some(log_path),
+        ));
+        tokio::spawn(read_lines(
+            child.stdout.take().expect("piped"),
+            stdout.clone(),
+            None,
+        ));
+        {
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = notify_socket.recv(&mut buf).await {
+                    notify.push(Datagram {
+                        at: Instant::now(),
+                        text: String::from_utf8_lossy(&buf[..n]).trim_end().to_string(),
+                    });
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => status_code(status),
+                Err(_) => -1,
+            };
+            let _ = exit_tx.send(Some(code));
+        });
+
+        Shiftd {
+            pid,
+            addr: self.addr(),
+            config_path,
+            notify,
+            stderr,
+            stdout,
+            exit: exit_rx,
+            spawned_at,
+            builder: self,
+        }
+    }
+
+    /// Starts the process and waits for READY=1 (failing the test after [`START_TIMEOUT`]).
+    pub async fn start(self) -> Shiftd {
+        let app = self.spawn().await;
+        app.notify.wait_line("READY=1", START_TIMEOUT).await;
+        app
+    }
+}
+
+async fn read_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin,
+    record: Arc<Record<Line>>,
+    copy_to: Option<PathBuf>,
+) {
+    let mut copy = match copy_to {
+        Some(path) => tokio::fs::File::create(path).await.ok(),
+        None => None,
+    };
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(file) = copy.as_mut() {
+            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        }
+        record.push(Line {
+            at: Instant::now(),
+            text: line,
+        });
+    }
+}
+
+/// The shell convention: the exit code, or 128 + the signal that killed it.
+fn status_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// A running (or exited) `shiftd` process. Killed with SIGKILL when dropped while running;
+/// if the test is failing, what it said is printed first.
+pub struct Shiftd {
+    pub pid: Pid,
+    /// Where it serves HTTP.
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    /// Every datagram it sent to `NOTIFY_SOCKET`.
+    pub notify: Arc<Record<Datagram>>,
+    /// Its stderr (the log), line by line.
+    pub stderr: Arc<Record<Line>>,
+    pub stdout: Arc<Record<Line>>,
+    exit: watch::Receiver<Option<i32>>,
+    pub spawned_at: Instant,
+    builder: ShiftdBuilder,
+}
+
+impl Shiftd {
+    /// A builder with a fresh directory, `http.listen` on a free port, and defaults for the rest.
+    pub fn builder() -> ShiftdBuilder {
+        ShiftdBuilder {
+            dir: Workdir::new(),
+            config: toml::Table::new(),
+            extra_toml: String::new(),
+            verbatim: None,
+            env: Vec::new(),
+            args: Vec::new(),
+            socket: None,
+            notify: true,
+        }
+        .set("http.listen", format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// The builder this process was started with: `.builder().start()` starts another like it.
+    pub fn builder_again(&self) -> ShiftdBuilder {
+        self.builder.clone()
+    }
+
+    pub fn workdir(&self) -> &Workdir {
+        &self.builder.dir
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid, signal).unwrap_or_else(|e| panic!("kill({}, {signal}): {e}", self.pid));
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// The exit code if it has exited (128 + n for signal n).
+    pub fn exit_code(&self) -> Option<i32> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the process to exit and returns its code; fails the test after `timeout`.
+    pub async fn wait_exit(&self, timeout: Duration) -> i32 {
+        match self.try_wait_exit(timeout).await {
+            Some(code) => code,
+            None => panic!(
+                "shiftd (pid {}) did not exit within {timeout:?}; its log:\n{}",
+                self.pid,
+                self.stderr.dump()
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn try_wait_exit(&self, timeout: Duration) -> Option<i32> {
+        let mut exit = self.exit.clone();
+        tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some()))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|e| *e))
+    }
+
+    /// Rewrites this process's config file (for SIGHUP tests).
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("rewrite the config file");
+    }
+
+    /// Everything it said, for failure messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "notify:\n{}\nstderr:\n{}\nstdout:\n{}",
+            self.notify.dump(),
+            self.stderr.dump(),
+            self.stdout.dump()
+        )
+    }
+}
+
+impl Drop for Shiftd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- shiftd pid {} ---\n{}\n--- end ---",
+                self.pid,
+                self.dump()
+            );
+        }
+        if self.exit.borrow().is_none() {
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP over a raw socket: exact control over bytes, headers and connection state.
+// ---------------------------------------------------------------------------------------
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// True if the server said it will close the connection.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// How long [`http_get`] waits for each step before calling it an error.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Connects, sends `GET path`, reads one response. Any failure (refused, reset, timeout,
+/// malformed) is an `Err` naming the step.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse, String> {
+    let mut stream = connect(addr).await?;
+    send(
+        &mut stream,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await?;
+    read_response(&mut stream, HTTP_TIMEOUT).await
+}
+
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(HTTP_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err("connect: timed out".into()),
+    }
+}
+
+pub async fn send(stream: &mut TcpStream, text: &str) -> Result<(), String> {
+    stream
+        .write_all(text.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))
+}
+
+/// Reads one response (head, then a `Content-Length` or chunked body) within `timeout`.
+pub async fn read_response(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<RawResponse, String> {
+    match tokio::time::timeout(timeout, read_response_inner(stream)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("read: no complete response within {timeout:?}")),
+    }
+}
+
+async fn read_response_inner(stream: &mut TcpStream) -> Result<RawResponse, String> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "read: connection closed after {} bytes, before a complete response head",
+                buf.len()
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut rest = buf[head_end + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("read: bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let response = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let body = if let Some(len) = response
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        while rest.len() < len {
+            let mut chunk = [0u8; 4096];
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read body: {e}"))?;
+            if n == 0 {
+                return Err(format!(
+                    "read body: closed after {} of {len} bytes",
+                    rest.len()
+                ));
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        rest
+    } else if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        read_chunked(stream, rest).await?
+    } else {
+        rest
+    };
+    Ok(RawResponse { body, ..response })
+}
+
+async fn read_chunked(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            fill(stream, &mut buf).await?;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+            .map_err(|e| format!("chunk size: {e}"))?;
+        buf.drain(..line_end + 2);
+        while buf.len() < size + 2 {
+            fill(stream, &mut buf).await?;
+        }
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut chunk = [0u8; 4096];
+    let n = stream
+        .read(&mut chunk)
+        .await
+        .map_err(|e| format!("read chunk: {e}"))?;
+    if n == 0 {
+        return Err("read chunk: connection closed mid-body".into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// Waits up to `timeout` for the peer to close the connection (a read gives EOF or an
+/// error); `Err` if it sent data instead or stayed open.
+pub async fn wait_closed(stream: &mut TcpStream, timeout: Duration) -> Result<(), String> {
+    let mut chunk = [0u8; 1024];
+    match tokio::time::timeout(timeout, stream.read(&mut chunk)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Ok(()),
+        Ok(Ok(n)) => Err(format!(
+            "expected the connection to close, got {n} bytes: {:?}",
+            String::from_utf8_lossy(&chunk[..n])
+        )),
+        Err(_) => Err(format!("the connection stayed open for {timeout:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL: a fresh database per test.
+// ---------------------------------------------------------------------------------------
+
+/// A database created for one test on the server `PG_TEST_URL` names; dropped (best effort,
+/// forcibly) when this value is dropped.
+pub struct TestDatabase {
+    /// The URL to give shiftd as `database.url`.
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    /// Creates `shiftd_test_<random>`. Fails the test if PostgreSQL is not reachable.
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin_url = std::env::var("PG_TEST_URL").unwrap_or_else(|_| DEFAULT_PG_TEST_URL.into());
+        let name = format!("shiftd_test_{:016x}", rand::random::<u64>());
+        let mut admin = tokio::time::timeout(secs(10), sqlx::PgConnection::connect(&admin_url))
+            .await
+            .unwrap_or_else(|_| panic!("connecting to {admin_url} timed out (set PG_TEST_URL)"))
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e} (set PG_TEST_URL)"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let _ = admin.close().await;
+        let url = match admin_url.rfind('/') {
+            Some(i) if i > "postgres://".len() => format!("{}/{name}", &admin_url[..i]),
+            _ => panic!("PG_TEST_URL {admin_url} has no database part"),
+        };
+        Self {
+            url,
+            name,
+            admin_url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop is not async and may run inside a runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(Ok(mut admin)) =
+                    tokio::time::timeout(secs(5), sqlx::PgConnection::connect(&admin_url)).await
+                {
+                    let _ = tokio::time::timeout(
+                        secs(10),
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut admin),
+                    )
+                    .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
