@@ -290,7 +290,8 @@ both_backends!(
     job_survives_sigkill,
     stubborn_job_is_killed_and_requeued,
     api_promises,
-    timeout_kills_the_group
+    timeout_kills_the_group,
+    cancel_queued_and_running,
 );
 
 /// A job past its timeout: its whole group gets SIGTERM, then SIGKILL after kill_grace;
@@ -579,4 +580,101 @@ concurrency = 8"#,
         "both processes should have worked: {by_one} / {by_two}"
     );
     eprintln!("two processes ran 500 jobs exactly once each in {took:?} ({by_one} + {by_two})");
+}
+
+/// Cancel: a queued job never runs; a running one is stopped; a finished one is a 409.
+async fn cancel_queued_and_running(backend: Backend) {
+    let (b, _db) = builder(backend).await;
+    let app = b
+        .toml(
+            r#"[tasks.long]
+command = ["/bin/sh", "-c", "touch started-$JOB_ID; sleep 60"]
+concurrency = 1"#,
+        )
+        .start()
+        .await;
+    let c = client();
+    let running = start_job(app.addr, "long", json!({})).await["id"]
+        .as_i64()
+        .unwrap();
+    let queued = start_job(app.addr, "long", json!({})).await["id"]
+        .as_i64()
+        .unwrap();
+    wait_file(
+        &app.workdir().path().join(format!("started-{running}")),
+        secs(10),
+    )
+    .await;
+    for id in [queued, running] {
+        let r = c
+            .post(format!("http://{}/v1/jobs/{id}/cancel", app.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    wait_job(app.addr, running, "cancelled", secs(10), |j| {
+        state(j) == "cancelled"
+    })
+    .await;
+    let job = get_job(app.addr, queued).await;
+    assert_eq!(state(&job), "cancelled", "{job}");
+    assert_eq!(
+        job["attempts"], 0,
+        "a cancelled queued job never runs: {job}"
+    );
+    assert!(!app
+        .workdir()
+        .path()
+        .join(format!("started-{queued}"))
+        .exists());
+    let r = c
+        .post(format!("http://{}/v1/jobs/{running}/cancel", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+}
+
+/// Kills every server connection to database `name`, as a PostgreSQL restart would.
+async fn terminate_connections(name: &str) {
+    use sqlx::Connection;
+    let admin_url = std::env::var("PG_TEST_URL").unwrap_or_else(|_| DEFAULT_PG_TEST_URL.into());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let killed = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(name)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        !killed.is_empty(),
+        "no connections to kill: the test would prove nothing"
+    );
+    let _ = admin.close().await;
+}
+
+/// A database blip mid-job (every connection killed): the job still reaches its final state.
+#[tokio::test(flavor = "multi_thread")]
+async fn job_survives_database_blip() {
+    let (b, db) = builder(Backend::Postgres).await;
+    let db = db.unwrap();
+    let app = b
+        .toml(
+            r#"[tasks.steady]
+command = ["/bin/sh", "-c", "echo before; touch started; sleep 1; echo after"]"#,
+        )
+        .start()
+        .await;
+    let id = start_job(app.addr, "steady", json!({})).await["id"]
+        .as_i64()
+        .unwrap();
+    wait_file(&app.workdir().path().join("started"), secs(10)).await;
+    terminate_connections(&db.name).await;
+    let job = wait_job(app.addr, id, "succeeded", secs(20), |j| {
+        state(j) == "succeeded"
+    })
+    .await;
+    assert_eq!(job["attempts"], 1, "{job}");
+    let log = job_log(app.addr, id).await;
+    assert!(log.contains("before") && log.contains("after"), "{log}");
 }
