@@ -13,7 +13,7 @@ use futures::FutureExt;
 
 use crate::config::{Config, ConfigError};
 use crate::db::{self, Db};
-use crate::http::{self, AppState, Auth, JobsState, LiveSettings, Metrics};
+use crate::http::{self, AppState, Auth, JobsState, LiveSettings, Metrics, Swap};
 use crate::jobs::{Runner, RunnerSettings, Store, Task};
 use crate::lifecycle::{
     self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step,
@@ -110,9 +110,9 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         live: Arc::new(LiveSettings {
             request_timeout: RwLock::new(config.http.request_timeout),
         }),
-        config: Arc::new(RwLock::new(config.clone())),
-        tasks: Arc::new(RwLock::new(Arc::new(Task::all(&config.tasks)))),
-        auth: Arc::new(RwLock::new(Arc::new(auth))),
+        config: Swap::new((*config).clone()),
+        tasks: Swap::new(Task::all(&config.tasks)),
+        auth: Swap::new(auth),
         jobs: JobsState { store, runner },
         metrics,
     };
@@ -199,14 +199,14 @@ impl Shiftd {
             .request_timeout
             .write()
             .expect("settings lock poisoned") = new.http.request_timeout;
-        *self.state.auth.write().expect("auth lock poisoned") = Arc::new(auth);
-        *self.state.tasks.write().expect("tasks lock poisoned") = Arc::new(Task::all(&new.tasks));
+        self.state.auth.set(auth);
+        self.state.tasks.set(Task::all(&new.tasks));
         self.state
             .jobs
             .runner
             .reconfigure(RunnerSettings::from_config(&new));
         let settings = lifecycle_settings(&new);
-        *self.state.config.write().expect("config lock poisoned") = Arc::new(new);
+        self.state.config.set(new);
         Ok(settings)
     }
 }

@@ -39,6 +39,23 @@ pub struct JobsState {
     pub runner: Runner,
 }
 
+/// A value a reload replaces; readers take a cheap `Arc` of the current one.
+pub struct Swap<T>(RwLock<Arc<T>>);
+
+impl<T> Swap<T> {
+    pub fn new(value: T) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(Arc::new(value))))
+    }
+
+    pub fn get(&self) -> Arc<T> {
+        self.0.read().expect("lock poisoned").clone()
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().expect("lock poisoned") = Arc::new(value);
+    }
+}
+
 /// Everything a handler may need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -46,20 +63,20 @@ pub struct AppState {
     pub db: Db,
     pub live: Arc<LiveSettings>,
     /// The configuration in force (replaced on reload), with what is derived from it.
-    pub config: Arc<RwLock<Arc<Config>>>,
-    pub tasks: Arc<RwLock<Arc<BTreeMap<String, Arc<Task>>>>>,
-    pub auth: Arc<RwLock<Arc<Auth>>>,
+    pub config: Arc<Swap<Config>>,
+    pub tasks: Arc<Swap<BTreeMap<String, Arc<Task>>>>,
+    pub auth: Arc<Swap<Auth>>,
     pub jobs: JobsState,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().expect("config lock poisoned").clone()
+        self.config.get()
     }
 
     pub fn tasks(&self) -> Arc<BTreeMap<String, Arc<Task>>> {
-        self.tasks.read().expect("tasks lock poisoned").clone()
+        self.tasks.get()
     }
 
     pub fn task(&self, name: &str) -> Option<Arc<Task>> {
@@ -67,7 +84,7 @@ impl AppState {
     }
 
     pub fn auth(&self) -> Arc<Auth> {
-        self.auth.read().expect("auth lock poisoned").clone()
+        self.auth.get()
     }
 
     /// How long a readiness probe may wait for the database.
