@@ -133,7 +133,9 @@ pub struct Record<T> {
 }
 
 impl<T: Clone + std::fmt::Debug + HasText> Record<T> {
-    fn new(name: &'static str, exited: watch::Receiver<Option<i32>>) -> Arc<Self> {
+    /// A record whose waits give up early once `exited` holds `Some` (for a process: its
+    /// exit code; in-process tests use it for "the lifecycle has returned").
+    pub fn new(name: &'static str, exited: watch::Receiver<Option<i32>>) -> Arc<Self> {
         Arc::new(Self {
             name,
             events: watch::channel(Vec::new()).0,
@@ -142,7 +144,7 @@ impl<T: Clone + std::fmt::Debug + HasText> Record<T> {
         })
     }
 
-    fn push(&self, event: T) {
+    pub fn push(&self, event: T) {
         self.events.send_modify(|v| v.push(event));
     }
 
