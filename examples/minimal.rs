@@ -1,0 +1,71 @@
+//! The smallest service on `shiftd::lifecycle`: an axum app with no database that still
+//! gets READY/STATUS/STOPPING, socket activation, signals (stop, fast stop, reload, report),
+//! the watchdog, and a drain bounded by its budget.
+//!
+//! ```sh
+//! cargo run --example minimal                      # serves on 127.0.0.1:3000
+//! systemd-socket-activate -l 127.0.0.1:3000 target/debug/examples/minimal
+//! ```
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use futures::future::{BoxFuture, FutureExt};
+use shiftd::lifecycle::{self, App, Lifecycle, Notifier, Report, Settings, Stage, SystemdEnv};
+
+/// The lifecycle's settings; a real service reads them from its configuration.
+const SETTINGS: Settings = Settings {
+    header_read_timeout: Duration::from_secs(10),
+    step_timeout: Duration::from_secs(30),
+    grace: Duration::from_secs(15),
+    idle_close: Duration::from_millis(250),
+};
+
+struct Minimal;
+
+impl App for Minimal {
+    fn report(&self) -> Report {
+        Report {
+            status_line: "serving hello".into(),
+            details: String::new(),
+        }
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<Settings, String>> {
+        async { Ok(SETTINGS) }.boxed()
+    }
+
+    fn stop_plan(&self) -> Vec<Stage> {
+        vec![
+            Stage::stop_accepting(),
+            Stage::http_drain(Duration::from_secs(10)),
+        ]
+    }
+}
+
+fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread exists.
+    let systemd = unsafe { SystemdEnv::take() }.expect("read LISTEN_FDS");
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("start the runtime");
+    runtime.block_on(async {
+        let signals = lifecycle::signals::os_signals().expect("install signal handlers");
+        let mut life = Lifecycle::new(SETTINGS, systemd, Notifier::Systemd, signals);
+        let listener = match life.listener("127.0.0.1:3000").await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(69);
+            }
+        };
+        let router = Router::new().route("/", get(|| async { "hello\n" }));
+        let report = life.serve(listener, router, Arc::new(Minimal)).await;
+        ExitCode::from(if report.cut.is_empty() { 0 } else { 75 })
+    })
+}
