@@ -887,3 +887,43 @@ async fn optional_steps_degrade_and_a_stop_interrupts_startup() {
         "{err:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Connections.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_closed_after_header_read_timeout() {
+    let app = TestApp {
+        plan: http_plan(secs(1)),
+        reload: Mutex::new(Err("unused".into())),
+    };
+    let settings = Settings {
+        header_read_timeout: millis(300),
+        ..settings(secs(20))
+    };
+    let mut rig = Running::start_with(fast_route(), app, settings).await;
+    let mut slow = connect(rig.addr).await.unwrap();
+    send(&mut slow, "GET /fast HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let mut received = Vec::new();
+    within(
+        "the connection is closed",
+        secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut received),
+    )
+    .await
+    .ok();
+    let took = sent.elapsed();
+    println!("unfinished headers: closed after {took:?} (header_read_timeout 300ms)");
+    assert!(took >= millis(250) && took < secs(2), "{took:?}");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        received.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "closed, at most with a 408: {text:?}"
+    );
+    rig.signal(Signal::Stop);
+    rig.stopped(secs(5)).await;
+}
