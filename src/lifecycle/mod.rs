@@ -395,7 +395,27 @@ impl Lifecycle {
                 Some(Signal::Reload) => {
                     handle.set_state(State::Reloading);
                     notifier.send(&[Message::Reloading, Message::Status("reloading".into())]);
-                    let result = tokio::time::timeout(settings.step_timeout, app.reload()).await;
+                    // Signals are read during the reload too: a stop must not wait for it.
+                    let reload = tokio::time::timeout(settings.step_timeout, app.reload());
+                    tokio::pin!(reload);
+                    let result = loop {
+                        tokio::select! {
+                            result = &mut reload => break Ok(result),
+                            signal = signals.next() => match signal {
+                                Some(Signal::Stop) | None => break Err(false),
+                                Some(Signal::FastStop) => break Err(true),
+                                Some(Signal::Report) => log_report(&handle, &notifier, &*app),
+                                Some(Signal::Reload) => tracing::info!("a reload is already in progress"),
+                            },
+                        }
+                    };
+                    let result = match result {
+                        Ok(result) => result,
+                        Err(fast) => {
+                            tracing::warn!("stop requested during a reload; the reload was abandoned, stopping on the previous configuration");
+                            break fast;
+                        }
+                    };
                     match result {
                         Ok(Ok(new)) => {
                             settings = new;
