@@ -450,6 +450,25 @@ async fn a_request_slower_than_http_drain_is_cut_at_the_budget_with_exit_75() {
         exited_after < secs(4),
         "exits soon after the cut, well within grace: {exited_after:?}"
     );
+    // The real notifier's heartbeats: EXTEND_TIMEOUT_USEC during the stop.
+    let stopping = app.notify.wait_line("STOPPING=1", secs(1)).await;
+    let heartbeats: Vec<Datagram> = app
+        .notify
+        .all()
+        .into_iter()
+        .filter(|d| d.at >= stopping.at && d.has_key("EXTEND_TIMEOUT_USEC"))
+        .collect();
+    assert!(
+        !heartbeats.is_empty(),
+        "heartbeats while the drain waits:\n{}",
+        app.notify.dump()
+    );
+    assert!(
+        heartbeats
+            .iter()
+            .all(|d| d.value("EXTEND_TIMEOUT_USEC") == Some("3000000")),
+        "{heartbeats:?}"
+    );
     let warning = app
         .stderr
         .wait_contains("shutdown.http_drain", secs(1))
@@ -509,6 +528,28 @@ async fn a_second_sigterm_skips_the_drain() {
     assert!(flush.at <= close.at);
 }
 
+#[tokio::test]
+async fn sigquit_stops_fast_and_sigint_stops_gracefully() {
+    let quit = short_budgets(Shiftd::builder().toml(NOOP_TASK), "10s")
+        .start()
+        .await;
+    let _slow = start_slow_post(quit.addr, "/v1/tasks/noop/jobs", "", 100, "{").await;
+    wait_in_flight(quit.addr, 1, secs(5)).await;
+    let sent = Instant::now();
+    quit.signal(Signal::SIGQUIT);
+    assert_eq!(quit.wait_exit(secs(5)).await, 75, "SIGQUIT cuts the drain");
+    assert!(
+        sent.elapsed() < secs(3),
+        "SIGQUIT skips the 10s drain: {:?}",
+        sent.elapsed()
+    );
+
+    let int = Shiftd::builder().start().await;
+    int.signal(Signal::SIGINT);
+    int.notify.wait_line("STOPPING=1", secs(5)).await;
+    assert_eq!(int.wait_exit(secs(5)).await, 0);
+}
+
 // ---------------------------------------------------------------------------------------
 // Socket activation and restarts.
 // ---------------------------------------------------------------------------------------
@@ -545,6 +586,38 @@ async fn an_activated_socket_is_used_and_its_backlog_is_served_by_the_next_proce
     assert_eq!(response.status, 200);
     b.sigterm();
     assert_eq!(b.wait_exit(secs(5)).await, 0);
+}
+
+#[tokio::test]
+async fn among_several_activated_sockets_the_one_named_http_is_served() {
+    let metrics = ActivationSocket::bind();
+    let http = ActivationSocket::bind();
+    let app = Shiftd::builder()
+        .named_socket(&metrics, "metrics")
+        .named_socket(&http, "http")
+        .start()
+        .await;
+    assert_eq!(app.addr, http.addr);
+    get_ok(http.addr, "/healthz").await;
+    app.stderr
+        .wait_contains(&format!("listening on {}", http.addr), secs(1))
+        .await;
+    app.sigterm();
+    assert_eq!(app.wait_exit(secs(5)).await, 0);
+}
+
+#[tokio::test]
+async fn several_activated_sockets_without_one_named_http_exit_69_saying_how_to_name_it() {
+    let (a, b) = (ActivationSocket::bind(), ActivationSocket::bind());
+    let app = Shiftd::builder()
+        .named_socket(&a, "a")
+        .named_socket(&b, "b")
+        .spawn()
+        .await;
+    assert_eq!(app.wait_exit(secs(10)).await, 69);
+    app.stderr
+        .wait_contains("FileDescriptorName=http", secs(1))
+        .await;
 }
 
 /// Totals of the hammer, shared by its client tasks.

@@ -748,6 +748,56 @@ async fn a_rejected_reload_keeps_serving_and_still_sends_ready() {
     rig.stopped(secs(5)).await;
 }
 
+/// An application whose reload never finishes (a config file on a hung mount, say).
+struct HangingReload;
+
+impl App for HangingReload {
+    fn report(&self) -> Report {
+        Report::default()
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<Settings, String>> {
+        futures::future::pending().boxed()
+    }
+
+    fn stop_plan(&self) -> Vec<Stage> {
+        vec![Stage::stop_accepting(), Stage::http_drain(secs(1))]
+    }
+}
+
+#[tokio::test]
+async fn a_stop_signal_during_a_hung_reload_stops_at_once() {
+    let mut rig = Rig::new(settings(secs(20)), SystemdEnv::default());
+    let listener = rig.life.listener("127.0.0.1:0").await.unwrap();
+    let Rig {
+        life,
+        signals,
+        notify,
+        log,
+        _log_guard,
+        ..
+    } = rig;
+    let serving = tokio::spawn(life.serve(listener, fast_route(), Arc::new(HangingReload)));
+    notify.wait_line("READY=1", secs(5)).await;
+    signals.send(Signal::Reload).unwrap();
+    notify.wait_line("RELOADING=1", secs(5)).await;
+
+    let sent = Instant::now();
+    signals.send(Signal::Stop).unwrap();
+    let report = match tokio::time::timeout(secs(10), serving).await {
+        Ok(report) => report.unwrap(),
+        Err(_) => panic!("no stop; log:\n{}", log.dump()),
+    };
+    let took = sent.elapsed();
+    println!("stop during a hung reload: {took:?} (step_timeout 5s)");
+    assert!(
+        took < secs(1),
+        "SIGTERM does not wait for the reload (up to startup.step_timeout): {took:?}"
+    );
+    assert!(report.cut.is_empty(), "{report:?}");
+    assert!(notify.any(|d| d.has("STOPPING=1")).is_some());
+}
+
 #[tokio::test]
 async fn the_watchdog_pings_while_serving() {
     let systemd = SystemdEnv {

@@ -334,7 +334,8 @@ pub struct ShiftdBuilder {
     verbatim: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
-    socket: Option<ActivationSocket>,
+    /// Sockets passed as fds 3, 4, … with their `LISTEN_FDNAMES` names.
+    sockets: Vec<(ActivationSocket, String)>,
     notify: bool,
 }
 
@@ -372,9 +373,16 @@ impl ShiftdBuilder {
         self
     }
 
-    /// Passes `socket` as fd 3 with `LISTEN_FDS=1` and `LISTEN_PID` set to the process.
-    pub fn socket(mut self, socket: &ActivationSocket) -> Self {
-        self.socket = Some(socket.clone());
+    /// Passes `socket` as fd 3 named `http` (`LISTEN_FDS=1`, `LISTEN_FDNAMES=http`, and
+    /// `LISTEN_PID` set to the process), as a `.socket` unit with `FileDescriptorName=http`.
+    pub fn socket(self, socket: &ActivationSocket) -> Self {
+        self.named_socket(socket, "http")
+    }
+
+    /// Passes one more socket, as the next fd from 3 on, under `name` in `LISTEN_FDNAMES`.
+    pub fn named_socket(mut self, socket: &ActivationSocket, name: &str) -> Self {
+        assert!(self.sockets.len() < 16, "at most 16 sockets");
+        self.sockets.push((socket.clone(), name.to_string()));
         self
     }
 
@@ -400,9 +408,15 @@ impl ShiftdBuilder {
         &self.dir
     }
 
-    /// The address clients should use: the activation socket's, else `http.listen`.
+    /// The address clients should use: the activation socket named `http` (else the first
+    /// one), else `http.listen`.
     pub fn addr(&self) -> SocketAddr {
-        if let Some(socket) = &self.socket {
+        if let Some((socket, _)) = self
+            .sockets
+            .iter()
+            .find(|(_, name)| name == "http")
+            .or(self.sockets.first())
+        {
             return socket.addr;
         }
         self.config
@@ -443,7 +457,7 @@ impl ShiftdBuilder {
         } else {
             self.args.clone()
         };
-        let mut command = match &self.socket {
+        let mut command = match self.sockets.first() {
             // sh exports its own pid as LISTEN_PID, then exec keeps that pid for shiftd.
             Some(_) => {
                 let mut c = tokio::process::Command::new("/bin/sh");
@@ -473,25 +487,34 @@ impl ShiftdBuilder {
         if self.notify {
             command.env("NOTIFY_SOCKET", &notify_path);
         }
-        if self.socket.is_some() {
-            command.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
+        if !self.sockets.is_empty() {
+            let names: Vec<&str> = self.sockets.iter().map(|(_, name)| name.as_str()).collect();
+            command
+                .env("LISTEN_FDS", self.sockets.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
         }
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        if let Some(socket) = &self.socket {
-            let fd = socket.raw_fd();
-            // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
+        if !self.sockets.is_empty() {
+            let fds: Vec<RawFd> = self
+                .sockets
+                .iter()
+                .map(|(socket, _)| socket.raw_fd())
+                .collect();
+            // SAFETY: only async-signal-safe calls (fcntl/dup2/close) between fork and exec.
             unsafe {
                 command.pre_exec(move || {
-                    if fd == 3 {
-                        // dup2 onto itself would keep close-on-exec set: clear it instead.
-                        nix::fcntl::fcntl(
-                            3,
-                            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                        )?;
-                    } else {
-                        nix::unistd::dup2(fd, 3)?;
+                    use nix::fcntl::{fcntl, FcntlArg};
+                    // First out of the way (a source may sit where a target goes), then
+                    // onto 3, 4, …; dup2 leaves the copies without close-on-exec.
+                    let mut parked = [0; 16];
+                    for (i, fd) in fds.iter().enumerate() {
+                        parked[i] = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(100))?;
+                    }
+                    for (i, fd) in parked[..fds.len()].iter().enumerate() {
+                        nix::unistd::dup2(*fd, 3 + i as RawFd)?;
+                        nix::unistd::close(*fd)?;
                     }
                     Ok(())
                 });
@@ -615,7 +638,7 @@ impl Shiftd {
             verbatim: None,
             env: Vec::new(),
             args: Vec::new(),
-            socket: None,
+            sockets: Vec::new(),
             notify: true,
         }
         .set("http.listen", format!("127.0.0.1:{}", free_port()))
