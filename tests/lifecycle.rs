@@ -182,6 +182,11 @@ async fn sighup_sends_reloading_with_monotonic_usec_then_ready_and_applies_the_l
     app.signal(Signal::SIGHUP);
 
     let reloading = app.notify.wait_line("RELOADING=1", secs(5)).await;
+    assert_eq!(
+        reloading.value("STATUS"),
+        Some("reloading"),
+        "{reloading:?}"
+    );
     let monotonic: u64 = reloading
         .value("MONOTONIC_USEC")
         .unwrap_or_else(|| {
@@ -809,6 +814,32 @@ async fn an_unknown_environment_override_exits_78_naming_it() {
         "listne",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_sigterm_during_a_startup_step_exits_at_once() {
+    // The database never answers (refused, retried by the pool): startup is stuck in a step.
+    let app = Shiftd::builder()
+        .set("database.url", "postgres://postgres@127.0.0.1:1/x")
+        .set("startup.step_timeout", "20s")
+        .set("database.connect_timeout", "20s")
+        .spawn()
+        .await;
+    app.notify
+        .wait_for("the database step", secs(10), |d| {
+            d.value("STATUS") == Some("starting: database connect")
+        })
+        .await;
+    let sent = Instant::now();
+    app.sigterm();
+    let code = app.wait_exit(secs(5)).await;
+    println!(
+        "SIGTERM during startup: exit {code} after {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(code, 0, "a stop during startup is a clean stop");
+    assert!(sent.elapsed() < secs(1), "{:?}", sent.elapsed());
+    assert!(app.notify.any(|d| d.has("READY=1")).is_none());
 }
 
 #[tokio::test]
