@@ -43,7 +43,10 @@ pub fn run(path: Option<&Path>) -> u8 {
         fmt_duration(s.flush),
         fmt_duration(s.db_close)
     );
-    let budgets = Budgets { stop_grace: s.grace, startup_total: config.startup.step_timeout * STARTUP_STEPS };
+    let budgets = Budgets {
+        stop_grace: s.grace,
+        startup_total: config.startup.step_timeout * STARTUP_STEPS,
+    };
     match check_installed_unit("shiftd", &budgets) {
         UnitFit::Skipped(why) => {
             println!("# unit check: {why}");
