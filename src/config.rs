@@ -728,8 +728,8 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let e = load("[http]\nlisten_addr = \"x\"\n", &[]).unwrap_err();
-        assert_eq!(e.key, "http");
-        assert!(e.message.contains("listen_addr"), "{e}");
+        assert_eq!(e.key, "http.listen_addr", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
     }
 
     #[test]
