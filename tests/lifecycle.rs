@@ -244,11 +244,19 @@ async fn sighup_with_a_bad_config_is_rejected_and_the_service_keeps_serving() {
 }
 
 #[tokio::test]
-async fn watchdog_pings_at_half_the_interval_when_watchdog_usec_is_set() {
+async fn watchdog_pings_at_half_the_interval_when_watchdog_usec_is_set_for_this_pid() {
+    // WATCHDOG_PID names this very process, as systemd sets it.
     let app = Shiftd::builder()
         .env("WATCHDOG_USEC", 400_000)
+        .env_own_pid("WATCHDOG_PID")
         .start()
         .await;
+    let environ = std::fs::read(format!("/proc/{}/environ", app.pid)).unwrap();
+    let own = format!("WATCHDOG_PID={}", app.pid);
+    assert!(
+        environ.split(|b| *b == 0).any(|v| v == own.as_bytes()),
+        "the process got {own}"
+    );
     let first = app.notify.wait_line("WATCHDOG=1", secs(5)).await;
     let mut last = first.clone();
     for _ in 0..3 {

@@ -336,6 +336,8 @@ pub struct ShiftdBuilder {
     args: Vec<String>,
     /// Sockets passed as fds 3, 4, … with their `LISTEN_FDNAMES` names.
     sockets: Vec<(ActivationSocket, String)>,
+    /// Variables set to the process's own pid (`LISTEN_PID` with sockets, `WATCHDOG_PID`).
+    own_pid_vars: Vec<String>,
     notify: bool,
 }
 
@@ -383,6 +385,13 @@ impl ShiftdBuilder {
     pub fn named_socket(mut self, socket: &ActivationSocket, name: &str) -> Self {
         assert!(self.sockets.len() < 16, "at most 16 sockets");
         self.sockets.push((socket.clone(), name.to_string()));
+        self
+    }
+
+    /// Sets `key` to the pid of the process itself (e.g. `WATCHDOG_PID`), which the test
+    /// cannot know before the spawn: the process is exec'd through `sh`, keeping sh's pid.
+    pub fn env_own_pid(mut self, key: &str) -> Self {
+        self.own_pid_vars.push(key.to_string());
         self
     }
 
@@ -457,21 +466,26 @@ impl ShiftdBuilder {
         } else {
             self.args.clone()
         };
-        let mut command = match self.sockets.first() {
-            // sh exports its own pid as LISTEN_PID, then exec keeps that pid for shiftd.
-            Some(_) => {
-                let mut c = tokio::process::Command::new("/bin/sh");
-                c.arg("-c")
-                    .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
-                    .arg(BIN)
-                    .args(&args);
-                c
-            }
-            None => {
-                let mut c = tokio::process::Command::new(BIN);
-                c.args(&args);
-                c
-            }
+        let mut own_pid_vars = self.own_pid_vars.clone();
+        if !self.sockets.is_empty() {
+            own_pid_vars.push("LISTEN_PID".into());
+        }
+        let mut command = if own_pid_vars.is_empty() {
+            let mut c = tokio::process::Command::new(BIN);
+            c.args(&args);
+            c
+        } else {
+            // sh exports its own pid, then exec keeps that pid for shiftd.
+            let exports: Vec<String> = own_pid_vars
+                .iter()
+                .map(|v| format!("export {v}=$$;"))
+                .collect();
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!(r#"{} exec "$0" "$@""#, exports.join(" ")))
+                .arg(BIN)
+                .args(&args);
+            c
         };
         command
             .current_dir(&dir)
@@ -639,6 +653,7 @@ impl Shiftd {
             env: Vec::new(),
             args: Vec::new(),
             sockets: Vec::new(),
+            own_pid_vars: Vec::new(),
             notify: true,
         }
         .set("http.listen", format!("127.0.0.1:{}", free_port()))
