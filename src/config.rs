@@ -130,8 +130,9 @@ pub struct ShutdownConfig {
     /// In-flight requests may finish for this long.
     #[serde(with = "humantime_serde")]
     pub http_drain: Duration,
-    /// During the drain, a connection with no request in progress gets this long to send
-    /// one (it is then answered with `Connection: close`) before it is closed.
+    /// During the drain, a keep-alive connection that has served a request and has none in
+    /// progress gets this long to send another (answered with `Connection: close`) before
+    /// it is closed. A connection whose first request has not arrived is always answered.
     #[serde(with = "humantime_serde")]
     pub idle_close: Duration,
     /// Running jobs whose task says `on_shutdown = "finish"` may run on for this long.

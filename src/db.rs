@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::config::{Backend, DatabaseConfig};
 
@@ -29,9 +29,7 @@ pub enum DbError {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "cannot connect to {location}: {source}; check database.url and that the server is running"
-    )]
+    #[error("cannot connect to {location}: {source}")]
     Connect {
         location: String,
         source: sqlx::Error,
@@ -103,6 +101,13 @@ pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbErr
         source,
     };
     let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
+    // One direct connection first: a pool retries quietly until its timeout and then
+    // reports only that it timed out, hiding "connection refused" or "password failed".
+    let probe = tokio::time::timeout(cfg.connect_timeout, AnyConnection::connect_with(&options))
+        .await
+        .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
+        .map_err(connect_err)?;
+    let _ = probe.close().await;
     let mut pool_options = AnyPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(cfg.connect_timeout)

@@ -92,31 +92,9 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     if !auth.enabled() {
         tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
     }
-    let metrics = Arc::new(Metrics::default());
-    metrics.previous_stop(&read_previous_stop());
-    let store = Store::new(db.pool.clone(), db.backend);
-    let runner = {
-        let metrics = metrics.clone();
-        Runner::start(
-            store.clone(),
-            RunnerSettings::from_config(&config),
-            Arc::new(move |task, outcome, took| metrics.job_attempt(task, outcome, took)),
-        )
-    };
-    let config = Arc::new(config);
-    let state = AppState {
-        lifecycle: life.handle(),
-        db: db.clone(),
-        live: Arc::new(LiveSettings {
-            request_timeout: RwLock::new(config.http.request_timeout),
-        }),
-        config: Swap::new((*config).clone()),
-        tasks: Swap::new(Task::all(&config.tasks)),
-        auth: Swap::new(auth),
-        jobs: JobsState { store, runner },
-        metrics,
-    };
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
+    let state = app_state(config, db.clone(), life.handle(), auth);
+    state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
     let app = Arc::new(Shiftd {
         state,
@@ -126,6 +104,35 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     let report = life.serve(listener, router, app).await;
     write_previous_stop(&report);
     Ok(report)
+}
+
+/// The state handlers share, with the job runner started. Tests build theirs with it too.
+pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Auth) -> AppState {
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::new(db.pool.clone(), db.backend);
+    let runner = {
+        let metrics = metrics.clone();
+        let on_attempt = Arc::new(move |task: &str, outcome: &str, took: Duration| {
+            metrics.job_attempt(task, outcome, took)
+        });
+        Runner::start(
+            store.clone(),
+            RunnerSettings::from_config(&config),
+            on_attempt,
+        )
+    };
+    AppState {
+        lifecycle,
+        live: Arc::new(LiveSettings {
+            request_timeout: RwLock::new(config.http.request_timeout),
+        }),
+        tasks: Swap::new(Task::all(&config.tasks)),
+        auth: Swap::new(auth),
+        jobs: JobsState { store, runner },
+        metrics,
+        config: Swap::new(config),
+        db,
+    }
 }
 
 /// Where the previous stop's stage durations are kept for `/metrics`.

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::Router;
@@ -17,8 +16,7 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use shiftd::config::{Config, DatabaseConfig};
 use shiftd::db::Db;
-use shiftd::http::{AppState, Auth, JobsState, LiveSettings, Metrics, Swap};
-use shiftd::jobs::{Runner, RunnerSettings, Store, Task};
+use shiftd::http::{AppState, Auth};
 use shiftd::lifecycle::{
     self, App, Handle, Lifecycle, Notifier, Report, Signal, Stage, SystemdEnv,
 };
@@ -57,24 +55,8 @@ fn idle_lifecycle(config: &Config) -> Lifecycle {
 
 /// The application state as `shiftd::service::serve` builds it.
 fn state(config: Config, db: &Db, lifecycle: Handle) -> AppState {
-    let store = Store::new(db.pool.clone(), db.backend);
-    let runner = Runner::start(
-        store.clone(),
-        RunnerSettings::from_config(&config),
-        Arc::new(|_: &str, _: &str, _: Duration| {}),
-    );
-    AppState {
-        lifecycle,
-        db: db.clone(),
-        live: Arc::new(LiveSettings {
-            request_timeout: RwLock::new(config.http.request_timeout),
-        }),
-        tasks: Swap::new(Task::all(&config.tasks)),
-        auth: Swap::new(Auth::from_config(&config.auth).expect("no tokens")),
-        jobs: JobsState { store, runner },
-        metrics: Arc::new(Metrics::default()),
-        config: Swap::new(config),
-    }
+    let auth = Auth::from_config(&config.auth).expect("no tokens");
+    shiftd::service::app_state(config, db.clone(), lifecycle, auth)
 }
 
 async fn app_with(config: Config, body_limit: usize) -> (Router, TestDb, Lifecycle) {

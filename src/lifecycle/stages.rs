@@ -175,8 +175,10 @@ pub(crate) async fn run_plan(
             }),
             Work::HttpDrain => {
                 let cut = ctx.cut.clone();
-                let server = &*server;
+                let server = &mut *server;
                 Box::pin(async move {
+                    // A plan without `stop_accepting` first must not drain while accepting.
+                    server.stop_accepting().await;
                     match server.drain(cut).await {
                         DrainOutcome::Drained => {
                             StageOutcome::Done("every connection finished".into())
