@@ -51,20 +51,27 @@ boot_container() {
   E2E_PID1=$(container_pid1)
   export E2E_PID1
   echo "$E2E_PID1" >"$E2E_WORK/pid1"
+  # systemctl needs PID 1's control socket, which appears a moment after exec.
+  wait_for 30 "systemd's control socket" test -S "/proc/$E2E_PID1/root/run/systemd/private" ||
+    { cat "$log" >&2; die "the container's systemd did not open its control socket"; }
   local state
-  state=$(ns_exec -t 90 systemctl is-system-running --wait 2>/dev/null || true)
+  state=$(ns_exec -t 90 systemctl is-system-running --wait 2>"$E2E_WORK/is-system-running.err" || true)
   case $state in
     running) log "container up (PID 1 = $E2E_PID1)";;
     degraded) log "container up but degraded:"; ns_exec systemctl --failed --no-legend >&2 || true;;
-    *) cat "$log" >&2; die "the container's systemd did not come up (state: ${state:-none})";;
+    *) cat "$log" "$E2E_WORK/is-system-running.err" >&2; die "the container's systemd did not come up (state: ${state:-none})";;
   esac
 }
 
+# The container's systemd: the child of nspawn that runs systemd. (nspawn's first child is
+# a short-lived helper that forks PID 1 and exits; taking any child would race with it.)
 container_pid1() {
   [[ -d /proc/$E2E_NS ]] || return 1
   local pid
-  pid=$(pgrep -P "$E2E_NS" | head -1)
-  [[ -n $pid ]] && echo "$pid"
+  for pid in $(pgrep -P "$E2E_NS"); do
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == systemd ]] && { echo "$pid"; return 0; }
+  done
+  return 1
 }
 
 # Stops the container: a clean poweroff first, bounded; SIGKILL after. Safe to call twice
@@ -86,5 +93,5 @@ teardown_container() {
     while [[ -d /proc/$ns ]] && ((SECONDS < deadline)); do sleep 0.2; done
   fi
   # A killed nspawn leaves its ephemeral copy behind.
-  find "$E2E_CACHE" -maxdepth 1 -name '.#*' -exec rm -rf {} + 2>/dev/null || true
+  remove_stale_copies
 }

@@ -4,8 +4,10 @@
 E2E_CACHE=${E2E_CACHE:-/var/cache/shiftd-e2e}
 E2E_SUITE=${E2E_SUITE:-bookworm}
 # What the container needs besides minbase. adduser is here so that `apt install ./shiftd.deb`
-# resolves its dependencies from the root filesystem alone.
-E2E_ROOTFS_PACKAGES=${E2E_ROOTFS_PACKAGES:-systemd,systemd-sysv,dbus,nginx-light,curl,procps,ca-certificates,adduser}
+# resolves its dependencies from the root filesystem alone; man-db because
+# `systemd-analyze verify` runs `man` for every Documentation=man: of a unit, as on a
+# standard Debian install, so it proves the package ships its man page.
+E2E_ROOTFS_PACKAGES=${E2E_ROOTFS_PACKAGES:-systemd,systemd-sysv,dbus,nginx-light,curl,procps,ca-certificates,adduser,man-db}
 # Bump when customize_rootfs changes, so cached root filesystems are rebuilt.
 E2E_ROOTFS_RECIPE=2
 
@@ -73,7 +75,7 @@ build_next_deb() {
 host_mirror() {
   grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
     grep -v -e security -e '\[' | sed -E 's/^URIs: *//; s/^deb +//' | awk '{print $1}' |
-    grep -E '/debian/?$' | head -1
+    grep -E '/debian/?$' | head -1 || true
 }
 
 rootfs_key() {
@@ -108,19 +110,34 @@ CONF
   chroot "$root" apt-get clean
 }
 
+# Ephemeral copies (-x) that a killed nspawn left behind sit beside the root as .#*.
+# A copy that a running container uses (another run sharing this cache) is left alone.
+remove_stale_copies() {
+  local copy pid
+  for pid in $(pgrep -x systemd-nspawn || true); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F -- "-D $E2E_CACHE/" >/dev/null; then
+      log "a container from $E2E_CACHE is running (pid $pid); leaving its copies alone"
+      return 0
+    fi
+  done
+  for copy in "$E2E_CACHE"/.#*; do
+    [[ -d $copy ]] && rm -rf "$copy"
+  done
+  return 0
+}
+
 # Sets E2E_ROOT to a cached root filesystem, building it when missing or broken.
 ensure_rootfs() {
   mkdir -p "$E2E_CACHE"
   local key root tmp mirror started
   key=$(rootfs_key)
   root="$E2E_CACHE/rootfs-$key"
-  # Ephemeral copies (-x) that a killed run left behind sit beside the root as .#*.
-  find "$E2E_CACHE" -maxdepth 1 -name '.#*' -exec rm -rf {} + 2>/dev/null || true
+  remove_stale_copies
   if rootfs_ok "$root"; then
     log "reusing cached root filesystem $root"
   else
     started=$SECONDS
-    [[ -e $root ]] && { log "cached root filesystem $root is broken; rebuilding"; rm -rf "$root"; }
+    if [[ -e $root ]]; then log "cached root filesystem $root is broken; rebuilding"; rm -rf "$root"; fi
     tmp="$E2E_CACHE/.build-$key"
     rm -rf "$tmp"
     mirror=$(host_mirror)
