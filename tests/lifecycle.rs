@@ -826,9 +826,14 @@ async fn an_unknown_environment_override_exits_78_naming_it() {
 
 #[tokio::test]
 async fn a_sigterm_during_a_startup_step_exits_at_once() {
-    // The database never answers (refused, retried by the pool): startup is stuck in a step.
+    // A "database" that accepts connections (the kernel does, from the backlog) and never
+    // says a word: startup is stuck in the connect step.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app = Shiftd::builder()
-        .set("database.url", "postgres://postgres@127.0.0.1:1/x")
+        .set(
+            "database.url",
+            format!("postgres://postgres@{}/x", silent.local_addr().unwrap()),
+        )
         .set("startup.step_timeout", "20s")
         .set("database.connect_timeout", "20s")
         .spawn()
