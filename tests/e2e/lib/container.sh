@@ -82,16 +82,17 @@ teardown_container() {
   [[ -n $ns && -d /proc/$ns ]] || return 0
   log "tearing the container down"
   kill -TERM "$ns" 2>/dev/null || true
-  local deadline=$((SECONDS + 20))
+  local started=$SECONDS deadline=$((SECONDS + 45))
   while [[ -d /proc/$ns ]] && ((SECONDS < deadline)); do sleep 0.2; done
   if [[ -d /proc/$ns ]]; then
-    log "the container did not power off in 20 s; killing it"
+    log "the container did not power off in 45 s; killing it"
     # SIGKILL to the container's PID 1 ends its whole PID namespace.
     [[ -f $E2E_WORK/pid1 ]] && kill -KILL "$(cat "$E2E_WORK/pid1")" 2>/dev/null
     kill -KILL "$ns" 2>/dev/null || true
     deadline=$((SECONDS + 10))
     while [[ -d /proc/$ns ]] && ((SECONDS < deadline)); do sleep 0.2; done
   fi
+  log "container gone after $((SECONDS - started)) s"
   # A killed nspawn leaves its ephemeral copy behind.
   remove_stale_copies
 }
