@@ -185,14 +185,18 @@ for script in postinst prerm postrm; do
     grep -q '#DEBHELPER#' "$f" && fail "$script still contains #DEBHELPER#: cargo-deb did not fill it in"
     sh -n "$f" || fail "$script is not valid sh"
 done
-# On upgrade the socket must stay open. Every line that stops or restarts a unit is
-# listed; none may name shiftd.socket except the prerm's stop guarded by "remove".
-grep -nE '(deb-systemd-invoke|systemctl)[^#]*(restart|stop|try-restart|reload-or-restart)' \
-    "$WORK/control/postinst" "$WORK/control/prerm" "$WORK/control/postrm" >"$WORK/stops" || true
-sed 's/^/    /' "$WORK/stops" >&2
-if grep -v -E 'prerm:[0-9]+:.*deb-systemd-invoke stop shiftd.service shiftd.socket' "$WORK/stops" | grep -q 'shiftd.socket'; then
-    fail "a maintainer script stops or restarts shiftd.socket outside of removal (above): that closes the port during upgrades"
+# On upgrade the socket must stay open. Every line that hands shiftd.socket to
+# deb-systemd-invoke or systemctl is listed; only two may exist: the start on a fresh
+# install and debhelper's stop on remove. (The container below proves it by running.)
+grep -nE '(deb-systemd-invoke|systemctl)\b.*shiftd\.socket' \
+    "$WORK/control/postinst" "$WORK/control/prerm" "$WORK/control/postrm" >"$WORK/socket-actions" || true
+sed 's/^/    /' "$WORK/socket-actions" >&2
+allowed='(postinst:[0-9]+: *deb-systemd-invoke start shiftd\.socket shiftd\.service |prerm:[0-9]+:\s*deb-systemd-invoke stop shiftd\.service shiftd\.socket )'
+if grep -vE "$allowed" "$WORK/socket-actions" | grep -q .; then
+    fail "a maintainer script acts on shiftd.socket beyond starting it on install and stopping it on remove (above): restarting it closes the port during upgrades"
 fi
+grep -qE '^ *if \[ -z "\$2" \]; then$' "$WORK/control/postinst" ||
+    fail "postinst must start shiftd.socket only on a fresh install (if [ -z \"\$2\" ])"
 grep -qE '^if \[ -d /run/systemd/system \] && \[ "\$1" = remove \]; then$' "$WORK/control/prerm" ||
     fail "prerm stops the units on something other than remove (expected debhelper's remove-only block)"
 grep -qE 'deb-systemd-invoke restart shiftd.service( |$)' "$WORK/control/postinst" ||
