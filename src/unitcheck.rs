@@ -129,56 +129,59 @@ pub fn evaluate(unit: &str, show_output: &str, budgets: &Budgets) -> UnitFit {
 pub fn fit(unit: &str, timeouts: &UnitTimeouts, budgets: &Budgets) -> UnitFit {
     let mut lines = Vec::new();
     let mut drop_in = Vec::new();
-
     let stop_needs = budgets.stop_grace + STOP_MARGIN;
-    match timeouts.stop {
-        Timespan::Infinity => lines.push(format!(
-            "TimeoutStopSec=infinity: systemd never cuts the stop short; shutdown.grace ({}) bounds it",
-            show(budgets.stop_grace)
-        )),
-        Timespan::Finite(limit) if limit >= stop_needs => lines.push(format!(
-            "TimeoutStopSec={} fits the stop: shutdown.grace {} + {} margin = {}",
-            show(limit),
-            show(budgets.stop_grace),
-            show(STOP_MARGIN),
-            show(stop_needs)
-        )),
-        Timespan::Finite(limit) => {
-            lines.push(format!(
-                "TimeoutStopSec={} is too short for the stop: shutdown.grace {} + {} margin = {}; \
-                 systemd would SIGKILL shiftd and its jobs in the middle of the drain",
-                show(limit),
+    let start_needs = budgets.startup_total + START_MARGIN;
+    let checks = [
+        Requirement {
+            setting: "TimeoutStopSec",
+            phase: "the stop",
+            limit: timeouts.stop,
+            needs: stop_needs,
+            sum: format!(
+                "shutdown.grace {} + {} margin = {}",
                 show(budgets.stop_grace),
                 show(STOP_MARGIN),
                 show(stop_needs)
-            ));
-            drop_in.push(format!("TimeoutStopSec={}s", whole_seconds_up(stop_needs)));
-        }
-    }
-
-    let start_needs = budgets.startup_total + START_MARGIN;
-    match timeouts.start {
-        Timespan::Infinity => lines.push(format!(
-            "TimeoutStartSec=infinity: systemd never cuts the startup short; the startup steps ({} at most) bound it",
-            show(budgets.startup_total)
-        )),
-        Timespan::Finite(limit) if limit >= start_needs => lines.push(format!(
-            "TimeoutStartSec={} fits the startup: {} at most + {} margin = {}",
-            show(limit),
-            show(budgets.startup_total),
-            show(START_MARGIN),
-            show(start_needs)
-        )),
-        Timespan::Finite(limit) => {
-            lines.push(format!(
-                "TimeoutStartSec={} is too short for the startup: {} at most (startup.step_timeout per step) + {} margin = {}; \
-                 systemd would kill a slow but healthy start",
-                show(limit),
+            ),
+            otherwise: "systemd would SIGKILL shiftd and its jobs in the middle of the drain",
+        },
+        Requirement {
+            setting: "TimeoutStartSec",
+            phase: "the startup",
+            limit: timeouts.start,
+            needs: start_needs,
+            sum: format!(
+                "{} at most (startup.step_timeout per step) + {} margin = {}",
                 show(budgets.startup_total),
                 show(START_MARGIN),
                 show(start_needs)
-            ));
-            drop_in.push(format!("TimeoutStartSec={}s", whole_seconds_up(start_needs)));
+            ),
+            otherwise: "systemd would kill a slow but healthy start",
+        },
+    ];
+    for check in checks {
+        let setting = check.setting;
+        match check.limit {
+            Timespan::Infinity => lines.push(format!(
+                "{setting}=infinity: systemd never cuts {} short; shiftd's own budgets bound it ({})",
+                check.phase, check.sum
+            )),
+            Timespan::Finite(limit) if limit >= check.needs => lines.push(format!(
+                "{setting}={} fits {}: {}",
+                show(limit),
+                check.phase,
+                check.sum
+            )),
+            Timespan::Finite(limit) => {
+                lines.push(format!(
+                    "{setting}={} is too short for {}: {}; {}",
+                    show(limit),
+                    check.phase,
+                    check.sum,
+                    check.otherwise
+                ));
+                drop_in.push(format!("{setting}={}s", whole_seconds_up(check.needs)));
+            }
         }
     }
 
@@ -202,6 +205,19 @@ pub fn fit(unit: &str, timeouts: &UnitTimeouts, budgets: &Budgets) -> UnitFit {
     lines.push("[Service]".to_string());
     lines.extend(drop_in);
     UnitFit::DoesNotFit(lines)
+}
+
+/// One timeout of the unit and what it must hold.
+struct Requirement {
+    setting: &'static str,
+    /// "the stop", "the startup".
+    phase: &'static str,
+    limit: Timespan,
+    needs: Duration,
+    /// How `needs` adds up, for people.
+    sum: String,
+    /// What happens when the timeout is shorter.
+    otherwise: &'static str,
 }
 
 /// Parses a systemd time span: "1min 10s", "70s", "500ms", "1.5s", "1h30min", "0",
