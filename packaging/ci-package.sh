@@ -3,7 +3,7 @@
 # Debian 12 machine, CI=true, nothing interactive). Exits non-zero with a message on the
 # first failure.
 #
-#  1. tools: lintian, dpkg-dev, systemd-container, debootstrap (apt), cargo-deb (cargo)
+#  1. tools: lintian, dpkg-dev, systemd-container, debootstrap, iproute2 (apt), cargo-deb (cargo)
 #  2. cargo build --release; then, before packaging, the files the package is made of:
 #     - packaging/shiftd.8 is what `shiftd man` prints today
 #     - packaging/shiftd.toml lists every key, each at the binary's default
@@ -50,7 +50,7 @@ step "1. tools"
 command -v cargo >/dev/null || fail "cargo is missing: install Rust (rust-version in Cargo.toml or newer) first"
 
 need=()
-for pkg in lintian dpkg-dev systemd-container debootstrap util-linux curl; do
+for pkg in lintian dpkg-dev systemd-container debootstrap util-linux iproute2; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then
