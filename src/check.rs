@@ -9,7 +9,7 @@ use crate::unitcheck::{check_installed_unit, Budgets, UnitFit};
 
 /// The startup steps each bounded by `startup.step_timeout`: listener, database connect,
 /// migrate, warm-up.
-const STARTUP_STEPS: u32 = 4;
+pub const STARTUP_STEPS: u32 = 4;
 
 /// Runs the check and returns the exit code.
 pub fn run(path: Option<&Path>) -> u8 {

@@ -73,6 +73,12 @@ The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [au
 .TP
 \fI/var/lib/shiftd/shiftd.db\fR
 The embedded SQLite database (StateDirectory=shiftd).
+.TP
+\fI/etc/nginx/sites-available/shiftd\fR
+An nginx site proxying to the socket; enable it with a link in sites-enabled.
+.TP
+\fI/usr/libexec/shiftd/post-install-check\fR
+Checks the user, the units, readiness through the socket and \fBshiftd check\fR, and says what is wrong.
 .SH ENVIRONMENT
 .TP
 \fBSHIFTD_\fISECTION\fB__\fIKEY\fR
@@ -89,5 +95,9 @@ The unit runs shiftd and its jobs in a systemd sandbox: the file system is read-
 ReadWritePaths=/srv/backups
 .fi
 .RE
-then \fBsystemctl restart shiftd\fR.
+then \fBsystemctl restart shiftd\fR. Other drop-ins an operator may need:
+\fBReadOnlyPaths=\fR to show tasks more, \fBProtectHome=read-only\fR to let them read home
+directories, \fBRestrictAddressFamilies=AF_NETLINK\fR for tools that list interfaces,
+\fBSystemCallFilter=@resources\fR for tools that change priorities or limits. Raise
+\fBTimeoutStopSec=\fR when shutdown.grace grows; \fBshiftd check\fR prints the value.
 "#;

@@ -579,7 +579,8 @@ mod tests {
         // TimeoutStartSec = 4 startup steps (listener, database connect, migrate, warm-up)
         // at startup.step_timeout + START_MARGIN.
         let grace = crate::config::ShutdownConfig::default().grace;
-        let startup_total = 4 * crate::config::StartupConfig::default().step_timeout;
+        let startup_total =
+            crate::check::STARTUP_STEPS * crate::config::StartupConfig::default().step_timeout;
         let unit = include_str!("../systemd/shiftd.service");
         let setting = |key: &str| {
             let prefix = format!("{key}=");

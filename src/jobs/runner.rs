@@ -578,7 +578,15 @@ async fn run_job(
         }
     };
     let status = match (status, pgid) {
-        (Some(status), _) => Some(status),
+        (Some(status), Some(pgid)) => {
+            // The job is its process group: what it left running in the background goes
+            // with it, rather than escaping until systemd's final SIGKILL at the next stop.
+            if killpg(pgid, Signal::SIGKILL).is_ok() {
+                out.note("the command exited but left processes running; killed them");
+            }
+            Some(status)
+        }
+        (Some(status), None) => Some(status),
         (None, Some(pgid)) => {
             let why = match stop {
                 Stop::Timeout => format!(
