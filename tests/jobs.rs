@@ -292,6 +292,7 @@ both_backends!(
     api_promises,
     timeout_kills_the_group,
     cancel_queued_and_running,
+    leftover_processes_go_with_the_job,
 );
 
 /// A job past its timeout: its whole group gets SIGTERM, then SIGKILL after kill_grace;
@@ -677,4 +678,46 @@ command = ["/bin/sh", "-c", "echo before; touch started; sleep 1; echo after"]"#
     assert_eq!(job["attempts"], 1, "{job}");
     let log = job_log(app.addr, id).await;
     assert!(log.contains("before") && log.contains("after"), "{log}");
+}
+
+/// A command that leaves a process in the background: when the command exits, the rest of
+/// its process group is killed, so nothing escapes the job.
+async fn leftover_processes_go_with_the_job(backend: Backend) {
+    let (b, _db) = builder(backend).await;
+    let b = b.toml(
+        r#"[tasks.sloppy]
+command = ["/bin/sh", "-c", "sleep 300 & echo $! > leftover.pid; echo done"]"#,
+    );
+    let dir = b.workdir().clone();
+    let app = b
+        .toml(&format!("working_dir = \"{}\"", dir.path().display()))
+        .start()
+        .await;
+    let id = start_job(app.addr, "sloppy", json!({})).await["id"]
+        .as_i64()
+        .unwrap();
+    wait_job(app.addr, id, "succeeded", secs(10), |j| {
+        state(j) == "succeeded"
+    })
+    .await;
+    let pid: i32 = std::fs::read_to_string(dir.path().join("leftover.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    // Reaped by init once killed; a zombie for a moment at most.
+    let deadline = Instant::now() + secs(5);
+    while nix::sys::signal::kill(pid, None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the background process {pid} outlived its job"
+        );
+        tokio::time::sleep(millis(20)).await;
+    }
+    assert!(job_log(app.addr, id)
+        .await
+        .contains("left processes running; killed them"));
 }
