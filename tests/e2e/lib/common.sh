@@ -4,7 +4,8 @@
 
 E2E_DIR=${E2E_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 REPO_DIR=${REPO_DIR:-$(cd "$E2E_DIR/../.." && pwd)}
-# -B: no __pycache__ in the work tree.
+# -B: no __pycache__ in the work tree. Used by the files that source this one.
+# shellcheck disable=SC2034
 E2E_PY=("${E2E_PYTHON:-python3}" -B "$E2E_DIR/lib/e2e.py")
 
 log() { printf '%s e2e: %s\n' "$(date +%T)" "$*" >&2; }

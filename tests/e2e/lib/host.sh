@@ -31,24 +31,42 @@ ensure_host_tools() {
   export E2E_OHA
 }
 
-# Sets E2E_DEB to the package under test: $E2E_DEB if given, else built by
-# packaging/ci-package.sh when the repository has it, else by `cargo deb`.
+# The newest target/debian/shiftd_*.deb when it is newer than every file it is built
+# from, else nothing. CI builds and checks the package (packaging/ci-package.sh) just
+# before this suite; building it again would only cost minutes.
+fresh_deb() {
+  local deb newest_source
+  deb=$(find "$REPO_DIR/target" -path '*/debian/shiftd_*.deb' -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
+  [[ -n $deb ]] || return 0
+  newest_source=$(cd "$REPO_DIR" && git ls-files -z -- src systemd debian packaging migrations Cargo.toml Cargo.lock build.rs 2>/dev/null |
+    xargs -0 -r stat -c '%Y' 2>/dev/null | sort -n | tail -1)
+  [[ -n $newest_source ]] && (($(stat -c '%Y' "$deb") >= newest_source)) && echo "$deb"
+  return 0
+}
+
+# Sets E2E_DEB to the package under test: $E2E_DEB if given; else a target/debian/*.deb
+# newer than its sources (unless E2E_REBUILD=1); else built by packaging/ci-package.sh when
+# the repository has it, else by `cargo deb`.
 build_deb() {
+  if [[ -z ${E2E_DEB-} && ${E2E_REBUILD:-0} != 1 ]]; then
+    E2E_DEB=$(fresh_deb)
+    [[ -n $E2E_DEB ]] && log "reusing $E2E_DEB: it is newer than its sources (E2E_REBUILD=1 builds anew)"
+  fi
   if [[ -n ${E2E_DEB-} ]]; then
     [[ -f $E2E_DEB ]] || die "E2E_DEB=$E2E_DEB does not exist"
     E2E_DEB=$(realpath "$E2E_DEB")
   else
-    local started; started=$(date +%s)
     if [[ -x $REPO_DIR/packaging/ci-package.sh ]]; then
-      log "building the .deb with packaging/ci-package.sh"
-      (cd "$REPO_DIR" && bounded 2400 packaging/ci-package.sh) >&2 || die "packaging/ci-package.sh failed"
+      log "building and checking the .deb with packaging/ci-package.sh"
+      # It prints the path of the .deb as its last line on stdout.
+      E2E_DEB=$(cd "$REPO_DIR" && bounded 3600 packaging/ci-package.sh | tail -1) ||
+        die "packaging/ci-package.sh failed"
     else
       command -v cargo-deb >/dev/null || bounded 1800 cargo install cargo-deb --locked --quiet
       log "building the .deb with cargo deb"
-      (cd "$REPO_DIR" && bounded 2400 cargo deb) >&2 || die "cargo deb failed"
+      E2E_DEB=$(cd "$REPO_DIR" && bounded 3600 cargo deb | tail -1) || die "cargo deb failed"
     fi
-    E2E_DEB=$(find "$REPO_DIR/target" -path '*/debian/shiftd_*.deb' -newermt "@$((started - 1))" -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -1 | cut -d' ' -f2-)
-    [[ -n $E2E_DEB ]] || die "the build made no target/**/debian/shiftd_*.deb"
+    [[ -f $E2E_DEB ]] || die "the build named no .deb (last line: $E2E_DEB)"
   fi
   log "package under test: $E2E_DEB ($(dpkg-deb -f "$E2E_DEB" Version))"
   export E2E_DEB

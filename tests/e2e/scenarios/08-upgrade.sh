@@ -12,14 +12,14 @@ scenario_main() {
   "${E2E_PY[@]}" wait-job "$id" --state succeeded --timeout 30 >/dev/null
   socket_since=$(unit_prop shiftd.socket ActiveEnterTimestamp)
   pid=$(unit_prop shiftd.service MainPID)
-  version_before=$(ns_exec dpkg-query -W -f='${Version}' shiftd)
+  version_before=$(ns_exec dpkg-query -W -f="\${Version}" shiftd)
 
   start_load upgrade "$E2E_UPGRADE_LOAD_SECONDS" "/v1/jobs/$id"
   t0=$SECONDS
   ms=$(now_ms)
   install_deb "$E2E_DEB_NEXT" || die "apt install of the newer package failed"
   ms=$(($(now_ms) - ms))
-  version_after=$(ns_exec dpkg-query -W -f='${Version}' shiftd)
+  version_after=$(ns_exec dpkg-query -W -f="\${Version}" shiftd)
   log "upgraded $version_before -> $version_after in $ms ms"
   wait_ready 60
   ((SECONDS - t0 < E2E_UPGRADE_LOAD_SECONDS)) || die "the upgrade outlasted the load; raise E2E_UPGRADE_LOAD_SECONDS"

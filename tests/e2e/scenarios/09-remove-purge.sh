@@ -31,5 +31,9 @@ scenario_main() {
 }
 
 not_active() { ! ns_exec systemctl is-active --quiet "$1"; }
-package_gone() { ! ns_exec dpkg-query -W -f='${Status}' shiftd 2>/dev/null | grep -qE 'ok installed|config-files'; }
+package_gone() {
+  local status
+  status=$(ns_exec dpkg-query -W -f="\${Status}" shiftd 2>/dev/null || true)
+  [[ ! $status =~ ok\ installed|config-files ]]
+}
 not_getent() { ! ns_exec getent "$1" "$2" >/dev/null; }
