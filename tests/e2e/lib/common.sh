@@ -38,13 +38,21 @@ wait_for() {
 
 # bounded SECONDS COMMAND...: runs COMMAND with a hard deadline (SIGTERM, then SIGKILL
 # 10 s later) in the background and waits for it, so that our own INT/TERM traps still
-# run at once instead of after the command returns.
+# run at once instead of after the command returns. timeout(1) puts the command in a
+# process group of its own; BOUNDED_PID names it while it runs, for kill_bounded.
 bounded() {
-  local limit=$1; shift
+  local limit=$1 rc=0; shift
   timeout -k 10 "$limit" "$@" &
-  local pid=$!
-  echo "$pid" >>"${E2E_WORK:-/tmp}/bounded.pids" 2>/dev/null || true
-  wait "$pid"
+  BOUNDED_PID=$!
+  wait "$BOUNDED_PID" || rc=$?
+  BOUNDED_PID=
+  return "$rc"
+}
+
+# Stops the command `bounded` is waiting for, with everything it started.
+kill_bounded() {
+  [[ -n ${BOUNDED_PID-} ]] && kill -TERM -- "-$BOUNDED_PID" 2>/dev/null
+  BOUNDED_PID=
 }
 
 # Milliseconds since the epoch (for wall times).

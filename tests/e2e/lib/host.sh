@@ -128,7 +128,8 @@ CONF
   chroot "$root" apt-get clean
 }
 
-# Ephemeral copies (-x) that a killed nspawn left behind sit beside the root as .#*.
+# Ephemeral copies (-x) and their .lck files that a killed nspawn left behind sit beside the
+# root as .#*.
 # A copy that a running container uses (another run sharing this cache) is left alone.
 remove_stale_copies() {
   local copy pid
@@ -139,7 +140,7 @@ remove_stale_copies() {
     fi
   done
   for copy in "$E2E_CACHE"/.#*; do
-    [[ -d $copy ]] && rm -rf "$copy"
+    [[ -e $copy ]] && rm -rf "$copy"
   done
   return 0
 }

@@ -20,6 +20,7 @@ start_load() {
     >"$E2E_WORK/load-$name.out" 2>&1 &
   LOAD_PID=$!
   trap stop_load EXIT
+  trap 'exit 143' TERM INT
   wait_for 20 "the load to start" test -e "$started"
   log "load $name: $get_rate GET/s ($get_path) + $post_rate POST/s for ${seconds}s"
 }
