@@ -11,8 +11,22 @@ use crate::unitcheck::{check_installed_unit, Budgets, UnitFit};
 /// migrate, warm-up.
 pub const STARTUP_STEPS: u32 = 4;
 
+/// How much `shiftd check` says and asks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Print nothing unless something is wrong.
+    pub quiet: bool,
+    /// Do not ask systemd about the installed unit.
+    pub skip_unit: bool,
+}
+
 /// Runs the check and returns the exit code.
-pub fn run(path: Option<&Path>) -> u8 {
+pub fn run(path: Option<&Path>, options: Options) -> u8 {
+    let say = |line: &str| {
+        if !options.quiet {
+            println!("{line}");
+        }
+    };
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -27,13 +41,15 @@ pub fn run(path: Option<&Path>) -> u8 {
         }
         None => "built-in defaults".to_string(),
     };
-    println!("# shiftd check: configuration from {source} (plus SHIFTD_* overrides) is valid");
+    say(&format!(
+        "# shiftd check: configuration from {source} (plus SHIFTD_* overrides) is valid"
+    ));
     match toml::to_string_pretty(&config) {
-        Ok(text) => println!("{text}"),
-        Err(e) => println!("# (cannot render the settings: {e})"),
+        Ok(text) => say(&text),
+        Err(e) => say(&format!("# (cannot render the settings: {e})")),
     }
     let s = &config.shutdown;
-    println!(
+    say(&format!(
         "# stop budget: {} of shutdown.grace {} (http_drain {} + 1s to cut + jobs_drain {} + {} to stop jobs (longest kill_grace + 1s) + flush {} + db_close {})",
         fmt_duration(config.stop_budget()),
         fmt_duration(s.grace),
@@ -42,19 +58,22 @@ pub fn run(path: Option<&Path>) -> u8 {
         fmt_duration(config.jobs_cut_allowance()),
         fmt_duration(s.flush),
         fmt_duration(s.db_close)
-    );
+    ));
+    if options.skip_unit {
+        return exit::OK;
+    }
     let budgets = Budgets {
         stop_grace: s.grace,
         startup_total: config.startup.step_timeout * STARTUP_STEPS,
     };
     match check_installed_unit("shiftd", &budgets) {
         UnitFit::Skipped(why) => {
-            println!("# unit check: {why}");
+            say(&format!("# unit check: {why}"));
             exit::OK
         }
         UnitFit::Fits(lines) => {
             for line in lines {
-                println!("# unit check: {line}");
+                say(&format!("# unit check: {line}"));
             }
             exit::OK
         }

@@ -26,7 +26,15 @@ pub enum Command {
     Serve,
     /// Validate the configuration, print the effective settings and the total stop budget,
     /// and compare them with the installed systemd unit. Exit 0, or 78 when something does not fit.
-    Check,
+    Check {
+        /// Print nothing unless something is wrong (for ExecStartPre=).
+        #[arg(long)]
+        quiet: bool,
+        /// Do not ask systemd about the installed unit. That query costs about 100 ms, which
+        /// every restart would wait for; the unit is still checked at reload and by hand.
+        #[arg(long)]
+        skip_unit: bool,
+    },
     /// Print the man page shiftd(8) in roff.
     #[command(hide = true)]
     Man,

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::FAILURE)
             }
         },
-        Command::Check => ExitCode::from(shiftd::check::run(cli.config.as_deref())),
+        Command::Check { quiet, skip_unit } => ExitCode::from(shiftd::check::run(
+            cli.config.as_deref(),
+            shiftd::check::Options { quiet, skip_unit },
+        )),
         Command::Serve => serve(cli, systemd),
     }
 }

@@ -619,11 +619,10 @@ async fn run_job(
         }
     }
     let finish = describe(stop, status, &job.task, cfg.timeout);
-    if let Some(error) = &finish.error {
-        out.note(error.clone());
-    } else {
-        out.note("exited with status 0");
-    }
+    out.note(match &finish.error {
+        Some(error) => error.clone(),
+        None => status_text(finish.exit_code, finish.exit_signal),
+    });
     record(
         inner,
         &job,
@@ -664,19 +663,21 @@ async fn stop_group(
     status
 }
 
+/// "exited with status 3", "killed by signal 9".
+fn status_text(exit_code: Option<i64>, exit_signal: Option<i64>) -> String {
+    match (exit_code, exit_signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (_, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended without an exit status".to_string(),
+    }
+}
+
 fn describe(stop: Stop, status: Option<ExitStatus>, task: &str, timeout: Duration) -> Finish {
     let exit_code = status.and_then(|s| s.code()).map(i64::from);
     let exit_signal = status.and_then(|s| s.signal()).map(i64::from);
     let (state, error) = match stop {
         Stop::Exited if status.is_some_and(|s| s.success()) => (JobState::Succeeded, None),
-        Stop::Exited => (
-            JobState::Failed,
-            Some(match (exit_code, exit_signal) {
-                (Some(code), _) => format!("exited with status {code}"),
-                (_, Some(sig)) => format!("killed by signal {sig}"),
-                _ => "ended without an exit status".to_string(),
-            }),
-        ),
+        Stop::Exited => (JobState::Failed, Some(status_text(exit_code, exit_signal))),
         Stop::Timeout => (
             JobState::Failed,
             Some(format!(
