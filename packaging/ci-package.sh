@@ -262,7 +262,7 @@ say "ok: fresh install enabled and started both units"
 # ExecReload=shiftd check runs inside the sandbox as the user shiftd; it must still be
 # able to ask systemd about the unit rather than skip the comparison. (ExecStartPre skips
 # it on purpose, to keep restarts fast.)
-bounded 30 ns_exec systemctl reload shiftd.service || fail "systemctl reload shiftd failed after a fresh install"
+ns_exec timeout 30 systemctl reload shiftd.service || fail "systemctl reload shiftd failed after a fresh install"
 unit_checked() { ns_exec journalctl -q --no-pager -u shiftd.service -o cat | grep -qF "TimeoutStopSec=${unit_stop}s fits"; }
 wait_for 10 "the unit check in the journal" unit_checked ||
     { ns_exec journalctl -q --no-pager -u shiftd.service -n 60 -o cat >&2 || true; fail "ExecReload=shiftd check did not compare the unit's timeouts (journal above)"; }
