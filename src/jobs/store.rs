@@ -341,7 +341,7 @@ impl Store {
         let sql = format!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
              started_at = $3, updated_at = $3, cancel_requested = 0 \
-             WHERE id = (SELECT id FROM jobs WHERE task IN ({}) AND \
+             WHERE id = (SELECT id FROM jobs WHERE task IN ({}) AND state IN ('queued', 'running') AND \
                ((state = 'queued' AND run_after <= $3) OR (state = 'running' AND lease_until < $3)) \
                ORDER BY id LIMIT 1{lock}) \
              RETURNING {JOB_COLUMNS}",
