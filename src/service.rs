@@ -13,7 +13,7 @@ use futures::FutureExt;
 
 use crate::config::{Config, ConfigError};
 use crate::db::{self, Db};
-use crate::http::{self, AppState, Auth, JobsState, LiveSettings, Metrics, Swap};
+use crate::http::{self, AppState, AppStateInner, Auth, JobsState, LiveSettings, Metrics, Swap};
 use crate::jobs::{Runner, RunnerSettings, Store, Task};
 use crate::lifecycle::{
     self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step,
@@ -121,7 +121,7 @@ pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Aut
             on_attempt,
         )
     };
-    AppState {
+    AppState::new(AppStateInner {
         lifecycle,
         live: Arc::new(LiveSettings {
             request_timeout: RwLock::new(config.http.request_timeout),
@@ -132,7 +132,7 @@ pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Aut
         metrics,
         config: Swap::new(config),
         db,
-    }
+    })
 }
 
 /// Where the previous stop's stage durations are kept for `/metrics`.

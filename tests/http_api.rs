@@ -162,7 +162,16 @@ async fn a_request_id_is_made_when_missing_and_kept_when_sent() {
         .expect("an X-Request-Id is added")
         .to_str()
         .unwrap();
-    assert!(made.len() >= 16, "a generated id: {made}");
+    let (_, again, _) = call(&router, get("/healthz")).await;
+    let second = again
+        .get("x-request-id")
+        .expect("an X-Request-Id is added")
+        .to_str()
+        .unwrap();
+    assert_ne!(made, second, "each request gets its own id");
+    let (prefix, n) = made.split_once('-').expect("<process prefix>-<counter>");
+    assert_eq!(prefix.len(), 8, "{made}");
+    assert!(n.parse::<u64>().is_ok(), "{made}");
 
     let request = Request::get("/healthz")
         .header("x-request-id", "abc-123")

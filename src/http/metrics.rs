@@ -1,12 +1,10 @@
 //! Prometheus metrics: requests by route and status, latency, jobs by task and state, job
 //! durations, the previous stop's stage durations, and pool stats.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -128,6 +126,21 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Counts and times one request by its route pattern (not its raw path).
+    pub fn request(&self, route: &str, status: u16, took: Duration) {
+        self.latency
+            .get_or_create(&Route {
+                route: route.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&RouteStatus {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+    }
+
     /// Records the stage durations of the previous stop (read from the state directory).
     pub fn previous_stop(&self, stages: &[(String, f64)]) {
         for (stage, seconds) in stages {
@@ -138,31 +151,6 @@ impl Metrics {
                 .set(*seconds);
         }
     }
-}
-
-/// Counts and times every request by its route pattern (not its raw path).
-pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics
-        .latency
-        .get_or_create(&Route {
-            route: route.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .get_or_create(&RouteStatus {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
 }
 
 /// `GET /metrics` in the Prometheus text format.

@@ -1,15 +1,19 @@
-//! Cross-cutting request handling: per-request timeout and JSON bodies for every error.
+//! Cross-cutting request handling: per-request timeout, JSON bodies for every error,
+//! metrics, request ids.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::to_bytes;
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::error::error_response;
+use super::metrics::Metrics;
 
 /// Settings a reload may change while requests are served.
 #[derive(Debug)]
@@ -17,16 +21,29 @@ pub struct LiveSettings {
     pub request_timeout: std::sync::RwLock<Duration>,
 }
 
-/// Answers 503 when a handler runs longer than `http.request_timeout`. Streaming bodies
-/// (log follow) are not cut here: the timeout covers producing the response head.
-pub async fn request_timeout(
-    State(live): State<Arc<LiveSettings>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let limit = *live.request_timeout.read().expect("settings lock poisoned");
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
+/// What the edge layer needs.
+pub struct Edge {
+    pub live: Arc<LiveSettings>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Every request passes here once: the per-request timeout, the JSON error rewrite, and the
+/// metrics. One layer rather than three, because each `from_fn` layer boxes a future and
+/// clones the inner service per request (bench/run: the middleware was the whole gap
+/// between shiftd and a bare axum server).
+pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let started = Instant::now();
+    let limit = *edge
+        .live
+        .request_timeout
+        .read()
+        .expect("settings lock poisoned");
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => json_errors(response).await,
         Err(_) => {
             tracing::warn!(
                 "request exceeded http.request_timeout ({}); answered 503",
@@ -37,13 +54,50 @@ pub async fn request_timeout(
                 "the request took longer than http.request_timeout",
             )
         }
+    };
+    edge.metrics.request(
+        route.as_deref().unwrap_or("unmatched"),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Request ids `<process prefix>-<counter>`: unique per process and across restarts (the
+/// prefix is random), without a system call per request as random UUIDs need.
+#[derive(Clone)]
+pub struct SequentialRequestId {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl SequentialRequestId {
+    pub fn new() -> Self {
+        Self {
+            prefix: format!("{:08x}", rand::random::<u32>()).into(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl Default for SequentialRequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
     }
 }
 
 /// Rewrites any error response that is not JSON (axum's rejections, 404 and 405 from the
 /// router, 413 from the body limit) into the API's JSON error shape.
-pub async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+async fn json_errors(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
