@@ -148,35 +148,24 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI document served at `/v1/openapi.json`.
+/// The OpenAPI document served at `/v1/openapi.json`: the routes' own entries, plus the
+/// two routes that are not handlers with a schema.
 pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::path::{OperationBuilder, PathItem};
+    use utoipa::openapi::{HttpMethod, ResponseBuilder};
     let (_, mut doc) = api();
-    doc.paths.paths.insert(
-        "/v1/openapi.json".into(),
-        utoipa::openapi::path::PathItem::new(
-            utoipa::openapi::HttpMethod::Get,
-            utoipa::openapi::path::OperationBuilder::new()
-                .tag("service")
-                .summary(Some("This document"))
-                .response(
-                    "200",
-                    utoipa::openapi::ResponseBuilder::new().description("OpenAPI 3 document"),
-                ),
-        ),
-    );
-    doc.paths.paths.insert(
-        "/metrics".into(),
-        utoipa::openapi::path::PathItem::new(
-            utoipa::openapi::HttpMethod::Get,
-            utoipa::openapi::path::OperationBuilder::new()
-                .tag("service")
-                .summary(Some("Prometheus metrics"))
-                .response(
-                    "200",
-                    utoipa::openapi::ResponseBuilder::new().description("OpenMetrics text"),
-                ),
-        ),
-    );
+    for (path, summary, body) in [
+        ("/v1/openapi.json", "This document", "OpenAPI 3 document"),
+        ("/metrics", "Prometheus metrics", "OpenMetrics text"),
+    ] {
+        let operation = OperationBuilder::new()
+            .tag("service")
+            .summary(Some(summary))
+            .response("200", ResponseBuilder::new().description(body));
+        doc.paths
+            .paths
+            .insert(path.into(), PathItem::new(HttpMethod::Get, operation));
+    }
     doc
 }
 
