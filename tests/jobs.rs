@@ -19,6 +19,15 @@ enum Backend {
     Postgres,
 }
 
+/// Runs the builder's tasks in its work directory (the last `[tasks.x]` table written).
+fn tasks_in_workdir(b: ShiftdBuilder) -> (ShiftdBuilder, Workdir) {
+    let dir = b.workdir().clone();
+    (
+        b.toml(&format!("working_dir = \"{}\"", dir.path().display())),
+        dir,
+    )
+}
+
 /// A builder for the backend; the database (if any) lives as long as the returned guard.
 async fn builder(backend: Backend) -> (ShiftdBuilder, Option<TestDatabase>) {
     let b = Shiftd::builder()
@@ -158,8 +167,7 @@ command = ["/bin/sh", "-c", "if [ -e first-done ]; then echo second run; exit 0;
 on_shutdown = "requeue"
 kill_grace = "2s""#,
     );
-    let dir = b.workdir().clone();
-    let b = b.toml(&format!("working_dir = \"{}\"", dir.path().display()));
+    let (b, dir) = tasks_in_workdir(b);
     let app = b.start().await;
     let id = start_job(app.addr, "resumable", json!({})).await["id"]
         .as_i64()
@@ -199,8 +207,7 @@ async fn job_survives_sigkill(backend: Backend) {
         r#"[tasks.fragile]
 command = ["/bin/sh", "-c", "if [ -e first-done ]; then echo second run; exit 0; fi; touch first-done; echo first run; sleep 20"]"#,
     );
-    let dir = b.workdir().clone();
-    let b = b.toml(&format!("working_dir = \"{}\"", dir.path().display()));
+    let (b, dir) = tasks_in_workdir(b);
     let app = b.start().await;
     let id = start_job(app.addr, "fragile", json!({})).await["id"]
         .as_i64()
@@ -504,8 +511,7 @@ async fn two_processes_share_one_queue() {
 command = ["/bin/sh", "-c", "echo \"start $JOB_ID $JOB_ATTEMPT\" >> runs.log; echo \"end $JOB_ID\" >> runs.log"]
 concurrency = 8"#,
     );
-    let dir = b.workdir().clone();
-    let b = b.toml(&format!("working_dir = \"{}\"", dir.path().display()));
+    let (b, dir) = tasks_in_workdir(b);
     let one = b.clone().start().await;
     let two = b
         .set("http.listen", format!("127.0.0.1:{}", free_port()))
@@ -688,11 +694,8 @@ async fn leftover_processes_go_with_the_job(backend: Backend) {
         r#"[tasks.sloppy]
 command = ["/bin/sh", "-c", "sleep 300 & echo $! > leftover.pid; echo done"]"#,
     );
-    let dir = b.workdir().clone();
-    let app = b
-        .toml(&format!("working_dir = \"{}\"", dir.path().display()))
-        .start()
-        .await;
+    let (b, dir) = tasks_in_workdir(b);
+    let app = b.start().await;
     let id = start_job(app.addr, "sloppy", json!({})).await["id"]
         .as_i64()
         .unwrap();

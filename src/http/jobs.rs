@@ -348,10 +348,7 @@ pub async fn job_log(
             let lines = state.jobs.store.output(job.id, after, 1000).await?;
             let Some(last) = lines.last() else { break };
             after = last.seq;
-            for l in &lines {
-                body.push_str(&l.line);
-                body.push('\n');
-            }
+            push_lines(&mut body, &lines);
         }
         return Ok((text, body).into_response());
     }
@@ -361,6 +358,14 @@ pub async fn job_log(
         Body::from_stream(follow_stream(state, job.id)),
     )
         .into_response())
+}
+
+/// Appends output lines as text, one per line.
+fn push_lines(text: &mut String, lines: &[crate::jobs::OutputLine]) {
+    for l in lines {
+        text.push_str(&l.line);
+        text.push('\n');
+    }
 }
 
 /// New lines as they are written, until the job ends or this process starts to stop
@@ -388,10 +393,7 @@ fn follow_stream(
                 if let Some(last) = lines.last() {
                     let next = last.seq;
                     let mut chunk = String::new();
-                    for l in &lines {
-                        chunk.push_str(&l.line);
-                        chunk.push('\n');
-                    }
+                    push_lines(&mut chunk, &lines);
                     return Some((Ok(Bytes::from(chunk)), (state, next, false)));
                 }
                 let finished = matches!(state.jobs.store.get(job_id).await, Ok(Some(job)) if job.state.is_final());
