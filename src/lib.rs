@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dbfault;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;

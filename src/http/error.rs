@@ -41,13 +41,16 @@ impl ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A fault of the database (disk full, read-only, connection lost, busy) is a 503 whose
+    /// message says which, so the client retries and the operator knows what to fix; any
+    /// other database error is a 500 with the details in the log only.
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unavailable; retry shortly".into())
+        match crate::dbfault::classify(&e) {
+            Some(fault) => {
+                tracing::warn!(error = %e, "{}", fault.reason);
+                ApiError::Unavailable(fault.reason)
             }
-            other => ApiError::Internal(other.into()),
+            None => ApiError::Internal(e.into()),
         }
     }
 }
