@@ -20,6 +20,8 @@ pub struct Db {
     pub backend: Backend,
     /// Where the data lives, with any password removed; for logs and status.
     pub location: String,
+    /// The storage fault the last write ran into, until a write commits again.
+    pub health: std::sync::Arc<crate::dbfault::StorageHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,10 +110,19 @@ pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbErr
         .map_err(|_| connect_err(sqlx::Error::PoolTimedOut))?
         .map_err(connect_err)?;
     let _ = probe.close().await;
+    let health = std::sync::Arc::new(crate::dbfault::StorageHealth::default());
+    let faulted = health.clone();
     let mut pool_options = AnyPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(cfg.connect_timeout)
-        .idle_timeout(Some(Duration::from_secs(300)));
+        .idle_timeout(Some(Duration::from_secs(300)))
+        // While the storage is faulted, a connection is closed when it comes back rather
+        // than reused: SQLite opens a file it cannot write read-only and stays so, and
+        // a PostgreSQL connection may be broken. Recovery then opens fresh ones.
+        .after_release(move |_conn, _meta| {
+            let keep = faulted.fault().is_none();
+            Box::pin(async move { Ok(keep) })
+        });
     if backend == Backend::Sqlite {
         pool_options = pool_options.after_connect(|conn, _meta| {
             Box::pin(async move {
@@ -133,6 +144,7 @@ pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbErr
         pool,
         backend,
         location,
+        health,
     })
 }
 

@@ -113,6 +113,32 @@ fn postgres_code(code: &str) -> Option<FaultKind> {
     Some(kind)
 }
 
+/// The last storage fault a write ran into, until a write commits again.
+#[derive(Debug, Default)]
+pub struct StorageHealth {
+    fault: std::sync::Mutex<Option<DbFault>>,
+}
+
+impl StorageHealth {
+    pub fn fault(&self) -> Option<DbFault> {
+        self.fault.lock().expect("poisoned").clone()
+    }
+
+    pub fn set(&self, fault: DbFault) {
+        let mut current = self.fault.lock().expect("poisoned");
+        if current.as_ref() != Some(&fault) {
+            tracing::warn!("{}", fault.reason);
+        }
+        *current = Some(fault);
+    }
+
+    pub fn clear(&self) {
+        if let Some(fault) = self.fault.lock().expect("poisoned").take() {
+            tracing::info!(was = fault.kind.as_str(), "database: writes commit again");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

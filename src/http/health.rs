@@ -25,6 +25,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "draining: this process is stopping",
         );
     }
+    // A database that answers reads but cannot write (disk full, read-only) is not ready.
+    if let Some(fault) = state.jobs.runner.storage_fault() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, &fault.reason);
+    }
     if !state.db.ping(state.probe_timeout()).await {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -39,13 +43,20 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let config = state.config();
     let s = &config.shutdown;
+    let view = state.jobs.runner.view();
     Json(json!({
         "state": state.lifecycle.state(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.lifecycle.uptime().as_secs(),
         "in_flight_requests": state.lifecycle.in_flight(),
         "open_connections": state.lifecycle.connections(),
-        "database": { "backend": format!("{:?}", state.db.backend).to_lowercase(), "location": state.db.location, "pool": state.db.stats() },
+        "database": {
+            "backend": format!("{:?}", state.db.backend).to_lowercase(),
+            "location": state.db.location,
+            "pool": state.db.stats(),
+            "size_bytes": view.size_bytes,
+        },
+        "storage": state.jobs.runner.storage_fault().map(|f| json!({ "kind": f.kind, "reason": f.reason })),
         "budgets": {
             "grace": fmt_duration(s.grace),
             "http_drain": fmt_duration(s.http_drain),
@@ -56,7 +67,9 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "stop_total": fmt_duration(config.stop_budget()),
             "request_timeout": fmt_duration(config.http.request_timeout),
         },
-        "queue": state.jobs.runner.depth().into_iter().map(|(task, (queued, running))| (task, json!({ "queued": queued, "running": running }))).collect::<serde_json::Map<_, _>>(),
+        "unserved": view.unserved,
+        "node": state.jobs.runner.node(),
+        "queue": view.depth.into_iter().map(|(task, (queued, running))| (task, json!({ "queued": queued, "running": running }))).collect::<serde_json::Map<_, _>>(),
         "running_jobs": state.jobs.runner.running(),
         "buffered_output_lines": state.jobs.runner.buffered_lines(),
         "auth": if state.auth().enabled() { "tokens" } else { "open" },
