@@ -11,6 +11,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::config::Backend;
+use crate::dbfault::{classify, DbFault, StorageHealth};
 
 /// Where a job is in its life. Final: succeeded, failed, cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -183,11 +184,26 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
+    health: std::sync::Arc<StorageHealth>,
+}
+
+/// A line as the database can hold it: PostgreSQL's text cannot contain NUL, so NUL is
+/// stored as U+2400 (SYMBOL FOR NULL). Invalid UTF-8 became U+FFFD when the line was read.
+fn storable(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.contains('\0') {
+        std::borrow::Cow::Owned(line.replace('\0', "\u{2400}"))
+    } else {
+        std::borrow::Cow::Borrowed(line)
+    }
 }
 
 impl Store {
-    pub fn new(pool: AnyPool, backend: Backend) -> Self {
-        Self { pool, backend }
+    pub fn new(db: &crate::db::Db) -> Self {
+        Self {
+            pool: db.pool.clone(),
+            backend: db.backend,
+            health: db.health.clone(),
+        }
     }
 
     /// Adds a job, or returns the one already made with this idempotency key in the last 24 h.
@@ -217,6 +233,8 @@ impl Store {
             "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) \
              VALUES ($1, $2, 'queued', 0, $3, $4, $5, $6, $6, $6, 0) RETURNING {JOB_COLUMNS}"
         );
+        // fetch_all: the row is returned only once the insert has committed (SQLite
+        // reports a failed commit, such as a full disk, only at the statement's end).
         let inserted = sqlx::query(&sql)
             .bind(task)
             .bind(params.to_string())
@@ -224,10 +242,14 @@ impl Store {
             .bind(idempotency_key.map(str::to_string))
             .bind(token_name.map(str::to_string))
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await;
+        let inserted = self.observe(inserted, true);
         match inserted {
-            Ok(row) => Ok((Job::from_row(&row)?, true)),
+            Ok(rows) => Ok((
+                Job::from_row(rows.first().ok_or(sqlx::Error::RowNotFound)?)?,
+                true,
+            )),
             // Two requests with the same key raced: the other one won; return its job.
             Err(sqlx::Error::Database(e))
                 if e.is_unique_violation() && idempotency_key.is_some() =>
@@ -306,76 +328,121 @@ impl Store {
     /// Cancels a job: a queued one never runs; a running one is flagged for its runner.
     /// Returns the job after the change, or None if there is no such job.
     pub async fn cancel(&self, id: i64) -> Result<Option<Job>, sqlx::Error> {
-        let now = now_ms();
-        sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1, error = 'cancelled before it ran' WHERE id = $2 AND state = 'queued'")
-            .bind(now)
+        let now = self.now();
+        let cancelled = sqlx::query(&format!("UPDATE jobs SET state = 'cancelled', finished_at = {now}, updated_at = {now}, error = 'cancelled before it ran' WHERE id = $1 AND state = 'queued'"))
             .bind(id)
             .execute(&self.pool)
-            .await?;
-        sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND state = 'running'")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+            .await;
+        self.observe(cancelled, true)?;
+        let flagged = sqlx::query(&format!(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = {now} WHERE id = $1 AND state = 'running'"
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        self.observe(flagged, true)?;
         self.get(id).await
     }
 
-    /// Takes the oldest runnable job of one of `tasks` for `owner`: a queued job whose time
-    /// has come, or a running one whose lease expired (its worker died). Attempts + 1.
+    /// The database's clock in milliseconds since the epoch, as SQL. Every lease time is
+    /// written and compared with this one clock, so two hosts whose clocks disagree never
+    /// disagree about whether a lease has run out (ARCHITECTURE.md, "Leases and fencing").
+    pub fn now(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
+    /// The storage fault seen by the last write, if it has not been cleared by a write
+    /// that committed since.
+    pub fn fault(&self) -> Option<DbFault> {
+        self.health.fault()
+    }
+
+    /// Records what a write says about the storage: a fault is remembered (for `/readyz`,
+    /// `STATUS=` and the runner's back-off); a write that really committed clears it.
+    /// `wrote` is false for statements that may have changed nothing (SQLite then writes
+    /// nothing, so their success says nothing about the disk).
+    fn observe<T>(&self, result: Result<T, sqlx::Error>, wrote: bool) -> Result<T, sqlx::Error> {
+        match &result {
+            Ok(_) if wrote => self.health.clear(),
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(fault) = classify(e) {
+                    self.health.set(fault);
+                }
+            }
+        }
+        result
+    }
+
+    /// Takes the oldest runnable job of one of `tasks` under the lease token `lease_owner`:
+    /// a queued job whose time has come, or a running one whose lease expired (its worker
+    /// died). Attempts + 1. The statement is read to its end, so the job is returned only
+    /// once its claim has committed: nothing runs on a claim the database did not keep.
     pub async fn claim(
         &self,
-        owner: &str,
+        lease_owner: &str,
         tasks: &[String],
         lease: Duration,
     ) -> Result<Option<Job>, sqlx::Error> {
         if tasks.is_empty() {
             return Ok(None);
         }
-        let now = now_ms();
-        let placeholders: Vec<String> = (0..tasks.len()).map(|i| format!("${}", i + 4)).collect();
+        let now = self.now();
+        let placeholders: Vec<String> = (0..tasks.len()).map(|i| format!("${}", i + 3)).collect();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             // One statement is one short write transaction: SQLite serialises writers.
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
-             started_at = $3, updated_at = $3, cancel_requested = 0 \
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_until = {now} + $2, \
+             started_at = {now}, updated_at = {now}, cancel_requested = 0 \
              WHERE id = (SELECT id FROM jobs WHERE task IN ({}) AND state IN ('queued', 'running') AND \
-               ((state = 'queued' AND run_after <= $3) OR (state = 'running' AND lease_until < $3)) \
+               ((state = 'queued' AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) \
                ORDER BY id LIMIT 1{lock}) \
              RETURNING {JOB_COLUMNS}",
             placeholders.join(", ")
         );
         let mut query = sqlx::query(&sql)
-            .bind(owner)
-            .bind(now + lease.as_millis() as i64)
-            .bind(now);
+            .bind(lease_owner)
+            .bind(lease.as_millis() as i64);
         for task in tasks {
             query = query.bind(task.clone());
         }
-        let row = query.fetch_optional(&self.pool).await?;
-        row.as_ref().map(Job::from_row).transpose()
+        // fetch_all, not fetch_optional: SQLite reports a failed commit (a full disk) only
+        // when the statement is stepped to its end, after the row was handed out.
+        let rows = query.fetch_all(&self.pool).await;
+        let rows = self.observe(rows, false)?;
+        if !rows.is_empty() {
+            self.health.clear();
+        }
+        rows.first().map(Job::from_row).transpose()
     }
 
-    /// Extends the lease. Returns `Some(cancel_requested)` while the job is still ours,
-    /// `None` if another worker took it (our lease had expired).
+    /// Extends the lease by `lease` from the database's now. Returns `Some(cancel_requested)`
+    /// while the job is still ours, `None` if another worker took it (our lease had expired).
     pub async fn renew(
         &self,
         id: i64,
-        owner: &str,
+        lease_owner: &str,
         lease: Duration,
     ) -> Result<Option<bool>, sqlx::Error> {
-        let now = now_ms();
-        let row = sqlx::query(
-            "UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING cancel_requested",
-        )
-        .bind(now + lease.as_millis() as i64)
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| r.try_get::<i64, _>("cancel_requested").map(|c| c != 0))
+        let sql = format!(
+            "UPDATE jobs SET lease_until = {} + $1 WHERE id = $2 AND lease_owner = $3 AND state = 'running' RETURNING cancel_requested",
+            self.now()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lease.as_millis() as i64)
+            .bind(id)
+            .bind(lease_owner)
+            .fetch_all(&self.pool)
+            .await;
+        let rows = self.observe(rows, true)?;
+        rows.first()
+            .map(|r| r.try_get::<i64, _>("cancel_requested").map(|c| c != 0))
             .transpose()
     }
 
@@ -384,66 +451,168 @@ impl Store {
     pub async fn finish(
         &self,
         job: &Job,
-        owner: &str,
+        lease_owner: &str,
         finish: &Finish,
         backoff: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let now = now_ms();
+        let now = self.now();
         let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
         let (state, finished_at, run_after) = if retry {
-            (JobState::Queued, None, now + backoff.as_millis() as i64)
+            (JobState::Queued, "NULL".to_string(), format!("{now} + $7"))
         } else {
-            (finish.state, Some(now), job.run_after)
+            (finish.state, now.to_string(), "run_after".to_string())
         };
-        let done = sqlx::query(
-            "UPDATE jobs SET state = $1, finished_at = $2, updated_at = $3, run_after = $4, exit_code = $5, exit_signal = $6, \
-             error = $7, lease_owner = NULL, lease_until = NULL WHERE id = $8 AND lease_owner = $9 AND state = 'running'",
-        )
-        .bind(state.as_str())
-        .bind(finished_at)
-        .bind(now)
-        .bind(run_after)
-        .bind(finish.exit_code)
-        .bind(finish.exit_signal)
-        .bind(finish.error.clone())
-        .bind(job.id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Puts a job stopped by a shutdown back in the queue without counting the attempt.
-    pub async fn requeue(&self, id: i64, owner: &str) -> Result<bool, sqlx::Error> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_after = $1, updated_at = $1, lease_owner = NULL, \
-             lease_until = NULL WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Fails queued jobs whose task is no longer configured, so they still reach a final state.
-    pub async fn fail_unknown_tasks(&self, known: &[String]) -> Result<u64, sqlx::Error> {
-        let now = now_ms();
-        let mut sql = String::from(
-            "UPDATE jobs SET state = 'failed', finished_at = $1, updated_at = $1, error = 'its task is no longer configured' WHERE state = 'queued'",
+        let sql = format!(
+            "UPDATE jobs SET state = $1, finished_at = {finished_at}, updated_at = {now}, run_after = {run_after}, \
+             exit_code = $2, exit_signal = $3, error = $4, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $5 AND lease_owner = $6 AND state = 'running'"
         );
-        if !known.is_empty() {
-            let placeholders: Vec<String> =
-                (0..known.len()).map(|i| format!("${}", i + 2)).collect();
-            sql += &format!(" AND task NOT IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(&sql)
+            .bind(state.as_str())
+            .bind(finish.exit_code)
+            .bind(finish.exit_signal)
+            .bind(finish.error.clone())
+            .bind(job.id)
+            .bind(lease_owner);
+        if retry {
+            query = query.bind(backoff.as_millis() as i64);
         }
-        let mut query = sqlx::query(&sql).bind(now);
-        for task in known {
-            query = query.bind(task.clone());
+        let done = self.observe(query.execute(&self.pool).await, true)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts a job back in the queue without counting the attempt (a stop or a lost task
+    /// definition ended it, not the job itself).
+    pub async fn requeue(&self, id: i64, lease_owner: &str) -> Result<bool, sqlx::Error> {
+        let now = self.now();
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_after = {now}, updated_at = {now}, lease_owner = NULL, \
+             lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+        ))
+        .bind(id)
+        .bind(lease_owner)
+        .execute(&self.pool)
+        .await;
+        let done = self.observe(done, true)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Writes this node's row: alive now, serving `tasks`. Also the probe that tells a
+    /// process its storage took a write again after a fault.
+    pub async fn heartbeat(&self, node: &str, tasks: &[String]) -> Result<(), sqlx::Error> {
+        let now = self.now();
+        let tasks = serde_json::to_string(tasks).unwrap_or_else(|_| "[]".into());
+        let done = sqlx::query(&format!(
+            "INSERT INTO nodes (id, tasks, started_at, seen_at) VALUES ($1, $2, {now}, {now}) \
+             ON CONFLICT (id) DO UPDATE SET tasks = excluded.tasks, seen_at = excluded.seen_at"
+        ))
+        .bind(node)
+        .bind(tasks)
+        .execute(&self.pool)
+        .await;
+        self.observe(done, true).map(|_| ())
+    }
+
+    /// Removes this node's row at a clean stop, and rows of nodes gone for a day.
+    pub async fn forget_node(&self, node: &str) -> Result<(), sqlx::Error> {
+        let now = self.now();
+        let done = sqlx::query(&format!(
+            "DELETE FROM nodes WHERE id = $1 OR seen_at < {now} - 86400000"
+        ))
+        .bind(node)
+        .execute(&self.pool)
+        .await;
+        self.observe(done, false).map(|_| ())
+    }
+
+    /// The tasks served by nodes seen within `window`.
+    pub async fn served_tasks(
+        &self,
+        window: Duration,
+    ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT tasks FROM nodes WHERE seen_at >= {} - $1",
+            self.now()
+        ))
+        .bind(window.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut served = std::collections::BTreeSet::new();
+        for row in &rows {
+            let tasks: String = row.try_get("tasks")?;
+            served.extend(serde_json::from_str::<Vec<String>>(&tasks).unwrap_or_default());
         }
-        Ok(query.execute(&self.pool).await?.rows_affected())
+        Ok(served)
+    }
+
+    /// Deletes one batch of jobs that ended more than `retain` ago, output first, in
+    /// statements that each touch at most a few thousand rows, so no lock is held long.
+    /// On PostgreSQL one node at a time sweeps (a transaction-scoped advisory lock that
+    /// others skip rather than wait for). Returns `None` when nothing is left to delete, else
+    /// the number of jobs deleted by this batch (0 while their output is still going).
+    pub async fn expire_batch(&self, retain: Duration) -> Result<Option<u64>, sqlx::Error> {
+        const JOBS_PER_BATCH: i64 = 200;
+        const OUTPUT_ROWS_PER_STATEMENT: i64 = 5_000;
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // 0x73686966 is "shif": one sweeper among the nodes sharing this database.
+            let row = sqlx::query("SELECT pg_try_advisory_xact_lock(1936222566) AS got")
+                .fetch_one(&mut *tx)
+                .await?;
+            if !row.try_get::<bool, _>("got")? {
+                return Ok(None);
+            }
+        }
+        let ids: Vec<i64> = sqlx::query(&format!(
+            "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < {} - $1 \
+             AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT $2",
+            self.now()
+        ))
+        .bind(retain.as_millis() as i64)
+        .bind(JOBS_PER_BATCH)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("id"))
+        .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let list = ids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let output = sqlx::query(&format!(
+            "DELETE FROM job_output WHERE (job_id, seq) IN \
+             (SELECT job_id, seq FROM job_output WHERE job_id IN ({list}) LIMIT {OUTPUT_ROWS_PER_STATEMENT})"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        let deleted = if output.rows_affected() as i64 >= OUTPUT_ROWS_PER_STATEMENT {
+            // More output left: the jobs go in a later batch, once their output has.
+            0
+        } else {
+            sqlx::query(&format!("DELETE FROM jobs WHERE id IN ({list})"))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        };
+        let committed = tx.commit().await;
+        self.observe(committed, true)?;
+        Ok(Some(deleted))
+    }
+
+    /// The database's size on disk in bytes.
+    pub async fn size_bytes(&self) -> Result<i64, sqlx::Error> {
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()"
+            }
+            Backend::Postgres => "SELECT pg_database_size(current_database()) AS n",
+        };
+        sqlx::query(sql).fetch_one(&self.pool).await?.try_get("n")
     }
 
     /// The highest output sequence number of a job (0 if none), so a new attempt appends.
@@ -456,43 +625,70 @@ impl Store {
         row.try_get::<i64, _>("last")
     }
 
-    /// Writes output lines in one statement per batch.
+    /// Writes output lines, a few hundred per statement. A batch the database refuses for
+    /// its content (not for a fault of the database) is written line by line, and a line
+    /// refused alone is replaced by a note saying so: one bad line never blocks the others.
+    /// Only a fault of the database (disk full, connection lost) is returned, and then the
+    /// caller keeps the lines and tries again.
     pub async fn append_output(&self, lines: &[OutputLine]) -> Result<(), sqlx::Error> {
         // 6 binds a line; stay well under every backend's bind limit.
         for chunk in lines.chunks(500) {
-            let mut sql = String::from(
-                "INSERT INTO job_output (job_id, seq, attempt, stream, at, line) VALUES ",
-            );
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 6;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    )
-                })
-                .collect();
-            sql += &values.join(", ");
-            // A retried batch after a blip may have been written already.
-            sql += " ON CONFLICT (job_id, seq) DO NOTHING";
-            let mut query = sqlx::query(&sql);
-            for l in chunk {
-                query = query
-                    .bind(l.job_id)
-                    .bind(l.seq)
-                    .bind(l.attempt)
-                    .bind(l.stream)
-                    .bind(l.at)
-                    .bind(l.line.clone());
+            match self.insert_output(chunk).await {
+                Ok(()) => {}
+                Err(e) if classify(&e).is_some() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, lines = chunk.len(), "the database refused a batch of job output; writing it line by line");
+                    for line in chunk {
+                        if let Err(e) = self.insert_output(std::slice::from_ref(line)).await {
+                            if classify(&e).is_some() {
+                                return Err(e);
+                            }
+                            let note = OutputLine {
+                                stream: "shiftd",
+                                line: format!("[this line could not be stored: {e}]"),
+                                ..line.clone()
+                            };
+                            self.insert_output(std::slice::from_ref(&note)).await?;
+                        }
+                    }
+                }
             }
-            query.execute(&self.pool).await?;
         }
         Ok(())
+    }
+
+    async fn insert_output(&self, chunk: &[OutputLine]) -> Result<(), sqlx::Error> {
+        let mut sql =
+            String::from("INSERT INTO job_output (job_id, seq, attempt, stream, at, line) VALUES ");
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
+            .collect();
+        sql += &values.join(", ");
+        // A retried batch after a blip may have been written already.
+        sql += " ON CONFLICT (job_id, seq) DO NOTHING";
+        let mut query = sqlx::query(&sql);
+        for l in chunk {
+            query = query
+                .bind(l.job_id)
+                .bind(l.seq)
+                .bind(l.attempt)
+                .bind(l.stream)
+                .bind(l.at)
+                .bind(storable(&l.line).into_owned());
+        }
+        let done = query.execute(&self.pool).await;
+        self.observe(done, true).map(|_| ())
     }
 
     /// Output lines after `after_seq`, oldest first.
