@@ -63,7 +63,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let db = shiftd::db::connect(&database, backend).await?;
     db.migrate().await?;
-    let store = Store::new(db.pool.clone(), backend);
+    let store = Store::new(&db);
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/jobs/{id}", get(get_job))

@@ -90,7 +90,7 @@ async fn connect(url: &str) -> anyhow::Result<Store> {
         ..DatabaseConfig::default()
     };
     let db = shiftd::db::connect(&database, backend).await?;
-    Ok(Store::new(db.pool, backend))
+    Ok(Store::new(&db))
 }
 
 fn unix_ms() -> u64 {

@@ -188,6 +188,15 @@ pub struct JobsConfig {
     /// Job output is buffered in memory and written to the database this often.
     #[serde(with = "humantime_serde")]
     pub log_flush_interval: Duration,
+    /// Output kept per attempt of a job, unless its task sets its own `max_output`; past it
+    /// the job's further output is discarded (the job goes on) and a line says how much.
+    pub max_output: ByteSize,
+    /// Job output held in memory before it is written. When full, the jobs' pipes are not
+    /// read until a write makes room (the jobs wait on their own output); nothing is dropped.
+    pub output_buffer: ByteSize,
+    /// Finished jobs and their output are deleted this long after they ended.
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
 }
 
 impl Default for JobsConfig {
@@ -197,6 +206,9 @@ impl Default for JobsConfig {
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(30),
             log_flush_interval: Duration::from_millis(500),
+            max_output: ByteSize(16 << 20),
+            output_buffer: ByteSize(4 << 20),
+            retain: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -297,6 +309,8 @@ pub struct TaskConfig {
     /// Between SIGTERM and SIGKILL to the job's process group.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// Output kept per attempt; unset: `jobs.max_output`.
+    pub max_output: Option<ByteSize>,
 }
 
 impl Default for TaskConfig {
@@ -312,6 +326,7 @@ impl Default for TaskConfig {
             retry_backoff: Duration::from_secs(10),
             on_shutdown: OnShutdown::Finish,
             kill_grace: Duration::from_secs(5),
+            max_output: None,
         }
     }
 }
@@ -559,6 +574,23 @@ impl Config {
         }
         positive("jobs.poll_interval", self.jobs.poll_interval)?;
         positive("jobs.log_flush_interval", self.jobs.log_flush_interval)?;
+        for (key, size) in [
+            ("jobs.max_output", self.jobs.max_output),
+            ("jobs.output_buffer", self.jobs.output_buffer),
+        ] {
+            if size.0 == 0 {
+                return Err(ConfigError::new(
+                    key,
+                    "must be at least 1 byte, e.g. \"16MiB\"",
+                ));
+            }
+        }
+        if self.jobs.retain < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "jobs.retain",
+                "must be at least 1s; write e.g. \"14days\"",
+            ));
+        }
         if self.jobs.lease < Duration::from_secs(1) {
             return Err(ConfigError::new(
                 "jobs.lease",
@@ -646,6 +678,12 @@ impl TaskConfig {
         }
         if self.max_attempts == 0 {
             return Err(ConfigError::new(key("max_attempts"), "must be at least 1"));
+        }
+        if self.max_output.is_some_and(|m| m.0 == 0) {
+            return Err(ConfigError::new(
+                key("max_output"),
+                "must be at least 1 byte, e.g. \"1MiB\"",
+            ));
         }
         Ok(())
     }

@@ -93,7 +93,11 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
     }
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
-    let state = app_state(config, db.clone(), life.handle(), auth);
+    let state =
+        app_state(config, db.clone(), life.handle(), auth).map_err(|e| StartupError::Failed {
+            step: "job runner",
+            message: format!("cannot start the thread that starts jobs: {e}"),
+        })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
     let app = Arc::new(Shiftd {
@@ -107,9 +111,14 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
 }
 
 /// The state handlers share, with the job runner started. Tests build theirs with it too.
-pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Auth) -> AppState {
+pub fn app_state(
+    config: Config,
+    db: Db,
+    lifecycle: lifecycle::Handle,
+    auth: Auth,
+) -> std::io::Result<AppState> {
     let metrics = Arc::new(Metrics::default());
-    let store = Store::new(db.pool.clone(), db.backend);
+    let store = Store::new(&db);
     let runner = {
         let metrics = metrics.clone();
         let on_attempt = Arc::new(move |task: &str, outcome: &str, took: Duration| {
@@ -119,9 +128,9 @@ pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Aut
             store.clone(),
             RunnerSettings::from_config(&config),
             on_attempt,
-        )
+        )?
     };
-    AppState::new(AppStateInner {
+    Ok(AppState::new(AppStateInner {
         lifecycle,
         live: Arc::new(LiveSettings {
             request_timeout: RwLock::new(config.http.request_timeout),
@@ -132,7 +141,7 @@ pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Aut
         metrics,
         config: Swap::new(config),
         db,
-    })
+    }))
 }
 
 /// Where the previous stop's stage durations are kept for `/metrics`.
@@ -231,6 +240,10 @@ impl App for Shiftd {
         );
         if let Some(longest) = running.first() {
             line += &format!(" (longest {}s)", longest.age_seconds);
+        }
+        // STATUS= tells the truth: a service that cannot write says so first.
+        if let Some(fault) = self.state.jobs.runner.storage_fault() {
+            line = format!("{line}; {}", fault.reason);
         }
         let per_task: Vec<String> = depth
             .iter()

@@ -5,9 +5,10 @@
 
 pub mod output;
 pub mod runner;
+pub mod spawn;
 pub mod store;
 pub mod task;
 
-pub use runner::{Runner, RunnerSettings, RunningJob};
+pub use runner::{QueueView, Runner, RunnerSettings, RunningJob};
 pub use store::{Job, JobPage, JobState, ListFilter, OutputLine, Store};
 pub use task::{ParamError, Task};

@@ -1,10 +1,12 @@
 //! The runner: claims jobs, runs each command in its own process group, captures its
-//! output, renews its lease, and takes part in the stop (the `jobs` stage).
+//! output, keeps its lease (and stops it before a lease it cannot renew runs out), keeps
+//! this node's heartbeat, expires old jobs, and takes part in the stop (the `jobs` and
+//! `flush` stages).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -12,20 +14,28 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::output::OutputBuffer;
+use super::spawn::Spawner;
 use super::store::{now_ms, Finish, Job, JobState, OutputLine, Store};
 use super::task::Task;
-use crate::config::{Config, OnShutdown};
+use crate::config::{Config, OnShutdown, TaskConfig};
+use crate::dbfault::DbFault;
 use crate::lifecycle::{StageContext, StageOutcome};
 
 /// Longest output line kept; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
+
+/// The claim loop's longest wait between tries while the database fails.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often the database's size is read for `/v1/status` and `/metrics`.
+const SIZE_EVERY: Duration = Duration::from_secs(30);
 
 /// Environment variables passed on from the service to jobs; everything else is dropped
 /// (jobs get `env` from their task, plus `JOB_ID`, `JOB_TASK`, `JOB_ATTEMPT`).
@@ -47,6 +57,11 @@ pub struct RunnerSettings {
     pub poll_interval: Duration,
     pub lease: Duration,
     pub log_flush_interval: Duration,
+    /// `jobs.max_output`, for tasks that do not set their own.
+    pub max_output: u64,
+    /// `jobs.output_buffer`; read once, at start.
+    pub output_buffer: usize,
+    pub retain: Duration,
     pub tasks: BTreeMap<String, Arc<Task>>,
 }
 
@@ -57,8 +72,21 @@ impl RunnerSettings {
             poll_interval: config.jobs.poll_interval,
             lease: config.jobs.lease,
             log_flush_interval: config.jobs.log_flush_interval,
+            max_output: config.jobs.max_output.0,
+            output_buffer: usize::try_from(config.jobs.output_buffer.0).unwrap_or(usize::MAX),
+            retain: config.jobs.retain,
             tasks: Task::all(&config.tasks),
         }
+    }
+
+    /// How often this node writes its heartbeat row.
+    fn heartbeat_every(&self) -> Duration {
+        (self.lease / 3).min(Duration::from_secs(5))
+    }
+
+    /// How often finished jobs are looked for to expire.
+    fn sweep_every(&self) -> Duration {
+        (self.retain / 4).clamp(Duration::from_secs(1), Duration::from_secs(300))
     }
 }
 
@@ -81,6 +109,16 @@ pub struct RunningJob {
     pub age_seconds: u64,
 }
 
+/// What the upkeep loop last saw of the whole queue (all nodes).
+#[derive(Debug, Clone, Default)]
+pub struct QueueView {
+    /// Queued and running jobs by task.
+    pub depth: BTreeMap<String, (i64, i64)>,
+    /// Queued jobs of tasks that no live node serves, by task.
+    pub unserved: BTreeMap<String, i64>,
+    pub size_bytes: Option<i64>,
+}
+
 /// Called when an attempt ends: task, final state of the attempt, how long it ran.
 pub type OnAttempt = Arc<dyn Fn(&str, &str, Duration) + Send + Sync>;
 
@@ -93,60 +131,88 @@ pub struct Runner {
 struct Inner {
     store: Store,
     output: Arc<OutputBuffer>,
-    /// Written into `lease_owner`: unique per process.
-    owner: String,
+    spawner: Spawner,
+    /// This process among the nodes sharing the database: unique per process.
+    node: String,
+    /// Numbers the claims of this process: each claim's lease token is `node/n`, so an
+    /// attempt whose lease ran out can never write over a later attempt of the same job,
+    /// even one claimed by this same process.
+    claims: AtomicU64,
     settings: RwLock<RunnerSettings>,
     running: Mutex<HashMap<i64, Running>>,
     wake: Notify,
     stop_claiming: CancellationToken,
     stop_flushing: CancellationToken,
     jobs: TaskTracker,
-    claim_loop: Mutex<Option<JoinHandle<()>>>,
-    flush_loop: Mutex<Option<JoinHandle<()>>>,
-    /// Queued and running jobs by task, refreshed by the claim loop.
-    depth: RwLock<BTreeMap<String, (i64, i64)>>,
+    loops: Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+    view: RwLock<QueueView>,
     on_attempt: OnAttempt,
 }
 
-/// How an attempt ended before its outcome is written down.
+impl Inner {
+    fn settings(&self) -> RunnerSettings {
+        self.settings.read().expect("poisoned").clone()
+    }
+
+    fn take_loop(&self, name: &str) -> Option<JoinHandle<()>> {
+        let mut loops = self.loops.lock().expect("poisoned");
+        let i = loops.iter().position(|(n, _)| *n == name)?;
+        Some(loops.remove(i).1)
+    }
+}
+
+/// Why an attempt ended, before its outcome is written down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     Exited,
     Timeout,
     Cancelled,
     Shutdown,
+    /// Another worker took the job: our lease had run out.
     LeaseLost,
+    /// The lease could not be renewed and was about to run out: stopped first.
+    LeaseExpiring,
+    /// The task is no longer configured here (a reload removed it after the claim).
+    TaskGone,
 }
 
 impl Runner {
-    /// Starts claiming and flushing.
-    pub fn start(store: Store, settings: RunnerSettings, on_attempt: OnAttempt) -> Self {
+    /// Starts claiming, flushing and the upkeep (heartbeat, queue view, expiry).
+    pub fn start(
+        store: Store,
+        settings: RunnerSettings,
+        on_attempt: OnAttempt,
+    ) -> std::io::Result<Self> {
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
-        let owner = format!(
+        let node = format!(
             "{host}:{}:{:08x}",
             std::process::id(),
             rand::random::<u32>()
         );
         let inner = Arc::new(Inner {
-            output: Arc::new(OutputBuffer::new(store.clone())),
+            output: Arc::new(OutputBuffer::new(store.clone(), settings.output_buffer)),
+            spawner: Spawner::start()?,
             store,
-            owner,
+            node,
+            claims: AtomicU64::new(0),
             settings: RwLock::new(settings),
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stop_claiming: CancellationToken::new(),
             stop_flushing: CancellationToken::new(),
             jobs: TaskTracker::new(),
-            claim_loop: Mutex::new(None),
-            flush_loop: Mutex::new(None),
-            depth: RwLock::new(BTreeMap::new()),
+            loops: Mutex::new(Vec::new()),
+            view: RwLock::new(QueueView::default()),
             on_attempt,
         });
-        *inner.claim_loop.lock().expect("poisoned") = Some(tokio::spawn(claim_loop(inner.clone())));
-        *inner.flush_loop.lock().expect("poisoned") = Some(tokio::spawn(flush_loop(inner.clone())));
-        Self { inner }
+        *inner.loops.lock().expect("poisoned") = vec![
+            ("claim", tokio::spawn(claim_loop(inner.clone()))),
+            ("flush", tokio::spawn(flush_loop(inner.clone()))),
+            ("upkeep", tokio::spawn(upkeep_loop(inner.clone()))),
+        ];
+        Ok(Self { inner })
     }
 
     /// Applies a reloaded configuration; running jobs keep the definition they started with.
@@ -181,13 +247,28 @@ impl Runner {
         jobs
     }
 
-    /// Queued and running jobs by task (all processes), as last seen by the claim loop.
+    /// Queued and running jobs by task (all processes), as last seen by the upkeep loop.
     pub fn depth(&self) -> BTreeMap<String, (i64, i64)> {
-        self.inner.depth.read().expect("poisoned").clone()
+        self.inner.view.read().expect("poisoned").depth.clone()
+    }
+
+    /// The queue as last seen by the upkeep loop.
+    pub fn view(&self) -> QueueView {
+        self.inner.view.read().expect("poisoned").clone()
+    }
+
+    /// The storage fault the last write ran into, until a write commits again.
+    pub fn storage_fault(&self) -> Option<DbFault> {
+        self.inner.store.fault()
     }
 
     pub fn buffered_lines(&self) -> usize {
         self.inner.output.pending()
+    }
+
+    /// This process's name among the nodes sharing the database.
+    pub fn node(&self) -> &str {
+        &self.inner.node
     }
 
     /// One line for STATUS= while draining: "draining: 2 jobs running, longest 41s".
@@ -208,9 +289,10 @@ impl Runner {
     pub async fn drain(&self, ctx: StageContext) -> StageOutcome {
         let inner = &self.inner;
         inner.stop_claiming.cancel();
-        let claim_loop = inner.claim_loop.lock().expect("poisoned").take();
-        if let Some(task) = claim_loop {
-            let _ = task.await;
+        for name in ["claim", "upkeep"] {
+            if let Some(task) = inner.take_loop(name) {
+                let _ = task.await;
+            }
         }
         let (running_at_start, requeued_now) = {
             let running = inner.running.lock().expect("poisoned");
@@ -261,16 +343,21 @@ impl Runner {
         ))
     }
 
-    /// The `flush` stage: stop the periodic flusher and write every buffered line.
+    /// The `flush` stage: stop the periodic flusher, write every buffered line, and take
+    /// this node out of the nodes table.
     pub async fn flush(&self) -> StageOutcome {
         self.inner.stop_flushing.cancel();
-        let flush_loop = self.inner.flush_loop.lock().expect("poisoned").take();
-        if let Some(task) = flush_loop {
+        if let Some(task) = self.inner.take_loop("flush") {
             let _ = task.await;
         }
         loop {
             match self.inner.output.flush().await {
-                Ok(n) => return StageOutcome::Done(format!("{n} buffered output lines written")),
+                Ok(n) => {
+                    if let Err(e) = self.inner.store.forget_node(&self.inner.node).await {
+                        tracing::debug!(error = %e, "cannot remove this node's row; it ages out");
+                    }
+                    return StageOutcome::Done(format!("{n} buffered output lines written"));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, pending = self.inner.output.pending(), "cannot write job output yet; retrying until shutdown.flush runs out");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -286,63 +373,185 @@ async fn flush_loop(inner: Arc<Inner>) {
         tokio::select! {
             _ = inner.stop_flushing.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            // A reader waits for room: write now, not at the next interval.
+            _ = inner.output.wait_full() => {}
         }
         if let Err(e) = inner.output.flush().await {
-            tracing::warn!(error = %e, pending = inner.output.pending(), "cannot write job output; keeping it buffered and retrying");
+            tracing::warn!(error = %e, pending = inner.output.pending(), "cannot write job output; keeping it buffered (the jobs wait when the buffer is full) and retrying");
+            // Not in a tight loop while the database is away.
+            tokio::select! {
+                _ = inner.stop_flushing.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
         }
     }
 }
 
+/// `poll_interval` doubled for each failure in a row, up to [`MAX_CLAIM_BACKOFF`].
+fn claim_backoff(poll: Duration, failures: u32) -> Duration {
+    poll.saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(MAX_CLAIM_BACKOFF.max(poll))
+}
+
 async fn claim_loop(inner: Arc<Inner>) {
-    let mut last_depth = Instant::now() - Duration::from_secs(3600);
-    let mut swept_unknown = false;
+    let mut failures = 0u32;
     loop {
         if inner.stop_claiming.is_cancelled() {
             return;
         }
-        let settings = inner.settings.read().expect("poisoned").clone();
-        if !swept_unknown {
-            let known: Vec<String> = settings.tasks.keys().cloned().collect();
-            match inner.store.fail_unknown_tasks(&known).await {
-                Ok(0) => swept_unknown = true,
-                Ok(n) => {
-                    swept_unknown = true;
-                    tracing::warn!("failed {n} queued jobs whose task is no longer configured");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot check for jobs of removed tasks; will retry")
-                }
-            }
-        }
-        if last_depth.elapsed() >= settings.poll_interval {
-            last_depth = Instant::now();
-            if let Ok(counts) = inner.store.counts_active().await {
-                *inner.depth.write().expect("poisoned") = counts;
-            }
-        }
+        let settings = inner.settings();
+        let mut wait = settings.poll_interval;
         let available = available_tasks(&inner, &settings);
         if !available.is_empty() {
-            match inner
-                .store
-                .claim(&inner.owner, &available, settings.lease)
-                .await
-            {
+            let lease_owner = format!(
+                "{}/{}",
+                inner.node,
+                inner.claims.fetch_add(1, Ordering::Relaxed)
+            );
+            let sent = Instant::now();
+            // A claim that takes longer than the lease would hand out a job whose lease
+            // may have run out already; give up on it (a claim that still commits later
+            // expires unrun and is claimed again).
+            let claimed = tokio::time::timeout(
+                settings.lease,
+                inner.store.claim(&lease_owner, &available, settings.lease),
+            )
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            match claimed {
                 Ok(Some(job)) => {
-                    let task = settings.tasks.get(&job.task).cloned();
-                    spawn_job(&inner, job, task, settings.lease);
+                    failures = 0;
+                    let attempt = Attempt {
+                        task: settings.tasks.get(&job.task).cloned(),
+                        job,
+                        lease_owner,
+                        lease: settings.lease,
+                        lease_deadline: sent + settings.lease,
+                        max_output: settings.max_output,
+                    };
+                    spawn_job(&inner, attempt);
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => failures = 0,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim jobs; retrying in jobs.poll_interval")
+                    failures += 1;
+                    wait = claim_backoff(settings.poll_interval, failures);
+                    if failures == 1 || failures % 10 == 0 {
+                        tracing::warn!(error = %e, failures, "cannot claim jobs; no job starts until a claim commits; retrying in {}", humantime::format_duration(wait));
+                    }
                 }
             }
         }
         tokio::select! {
             _ = inner.stop_claiming.cancelled() => return,
             _ = inner.wake.notified() => {}
-            _ = tokio::time::sleep(settings.poll_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// The heartbeat (which also tells when the storage takes writes again), the queue view
+/// for status and metrics, the database size, and expiry of old jobs.
+async fn upkeep_loop(inner: Arc<Inner>) {
+    let long_ago = Instant::now()
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap_or_else(Instant::now);
+    let (mut beat_at, mut view_at, mut size_at, mut sweep_at) =
+        (long_ago, long_ago, long_ago, long_ago);
+    loop {
+        let settings = inner.settings();
+        let faulted = inner.store.fault().is_some();
+        let every = settings.heartbeat_every();
+        // While the storage is faulted the heartbeat is the probe: once a second.
+        if faulted || beat_at.elapsed() >= every {
+            beat_at = Instant::now();
+            let tasks: Vec<String> = settings.tasks.keys().cloned().collect();
+            match tokio::time::timeout(every, inner.store.heartbeat(&inner.node, &tasks)).await {
+                Ok(Ok(())) if faulted => inner.wake.notify_one(),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat failed"),
+                Err(_) => tracing::debug!("heartbeat took longer than a heartbeat interval"),
+            }
+        }
+        if view_at.elapsed() >= settings.poll_interval {
+            view_at = Instant::now();
+            refresh_view(&inner, &settings).await;
+        }
+        if size_at.elapsed() >= SIZE_EVERY {
+            size_at = Instant::now();
+            if let Ok(Ok(n)) = tokio::time::timeout(every, inner.store.size_bytes()).await {
+                inner.view.write().expect("poisoned").size_bytes = Some(n);
+            }
+        }
+        if !faulted && sweep_at.elapsed() >= settings.sweep_every() {
+            sweep_at = Instant::now();
+            expire(&inner, &settings).await;
+        }
+        let tick = if faulted {
+            Duration::from_secs(1)
+        } else {
+            every.min(settings.poll_interval)
+        };
+        tokio::select! {
+            _ = inner.stop_claiming.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+async fn refresh_view(inner: &Inner, settings: &RunnerSettings) {
+    let Ok(Ok(depth)) = tokio::time::timeout(settings.lease, inner.store.counts_active()).await
+    else {
+        return;
+    };
+    // A node is live while its heartbeat is younger than three heartbeat intervals.
+    let window = settings.heartbeat_every() * 3 + Duration::from_secs(1);
+    let served = match tokio::time::timeout(settings.lease, inner.store.served_tasks(window)).await
+    {
+        Ok(Ok(served)) => served,
+        _ => return,
+    };
+    let unserved = depth
+        .iter()
+        .filter(|(task, (queued, _))| *queued > 0 && !served.contains(*task))
+        .map(|(task, (queued, _))| (task.clone(), *queued))
+        .collect();
+    let mut view = inner.view.write().expect("poisoned");
+    view.depth = depth;
+    view.unserved = unserved;
+}
+
+/// Deletes expired jobs a batch at a time until none are left or the stop begins.
+async fn expire(inner: &Inner, settings: &RunnerSettings) {
+    let mut deleted = 0u64;
+    loop {
+        if inner.stop_claiming.is_cancelled() {
+            break;
+        }
+        match tokio::time::timeout(settings.lease, inner.store.expire_batch(settings.retain)).await
+        {
+            Ok(Ok(Some(n))) => deleted += n,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot delete expired jobs; trying again later");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "deleting expired jobs took longer than jobs.lease; trying again later"
+                );
+                break;
+            }
+        }
+        // Let other writers in between batches.
+        tokio::task::yield_now().await;
+    }
+    if deleted > 0 {
+        tracing::info!(
+            deleted,
+            retain = %humantime::format_duration(settings.retain),
+            "deleted finished jobs older than jobs.retain"
+        );
     }
 }
 
@@ -366,144 +575,138 @@ fn available_tasks(inner: &Inner, settings: &RunnerSettings) -> Vec<String> {
         .collect()
 }
 
-fn spawn_job(inner: &Arc<Inner>, job: Job, task: Option<Arc<Task>>, lease: Duration) {
+/// One claimed attempt of a job.
+struct Attempt {
+    job: Job,
+    /// The task as configured when the job was claimed; `None` if a reload removed it.
+    task: Option<Arc<Task>>,
+    /// This claim's lease token (`lease_owner` in the database).
+    lease_owner: String,
+    lease: Duration,
+    /// By this local time the lease may run out: it was set from the database's clock
+    /// *after* this instant was taken, so the database's expiry is never earlier.
+    lease_deadline: Instant,
+    /// `jobs.max_output`, for a task without its own.
+    max_output: u64,
+}
+
+impl Attempt {
+    fn max_output(&self) -> (u64, String) {
+        match self.task.as_ref().and_then(|t| t.config.max_output) {
+            Some(size) => (size.0, format!("tasks.{}.max_output", self.job.task)),
+            None => (self.max_output, "jobs.max_output".into()),
+        }
+    }
+}
+
+fn spawn_job(inner: &Arc<Inner>, attempt: Attempt) {
     let running = Running {
-        task: job.task.clone(),
+        task: attempt.job.task.clone(),
         started: Instant::now(),
-        on_shutdown: task
+        on_shutdown: attempt
+            .task
             .as_ref()
             .map(|t| t.config.on_shutdown)
             .unwrap_or_default(),
         cancel: CancellationToken::new(),
         requeue: CancellationToken::new(),
     };
-    let cancel = running.cancel.clone();
-    let requeue = running.requeue.clone();
-    inner
-        .running
-        .lock()
-        .expect("poisoned")
-        .insert(job.id, running);
+    let tokens = (running.cancel.clone(), running.requeue.clone());
+    let id = attempt.job.id;
+    inner.running.lock().expect("poisoned").insert(id, running);
     let inner2 = inner.clone();
     inner.jobs.spawn(async move {
-        let id = job.id;
-        run_job(&inner2, job, task, lease, cancel, requeue).await;
+        run_job(&inner2, attempt, tokens.0, tokens.1).await;
         inner2.running.lock().expect("poisoned").remove(&id);
         inner2.wake.notify_one();
     });
 }
 
-/// Appends lines of one attempt to the buffer, numbering them.
+/// Appends lines of one attempt to the buffer, numbering them and keeping to its cap.
 #[derive(Clone)]
 struct JobOutput {
     buffer: Arc<OutputBuffer>,
     job_id: i64,
     attempt: i64,
     seq: Arc<AtomicI64>,
+    cap: Arc<OutputCap>,
+}
+
+/// `max_output` of one attempt and what was discarded past it.
+struct OutputCap {
+    limit: u64,
+    /// The setting that gave the limit, for the marker line.
+    setting: String,
+    kept: AtomicU64,
+    discarded_bytes: AtomicU64,
+    discarded_lines: AtomicU64,
 }
 
 impl JobOutput {
-    fn push(&self, stream: &'static str, line: String) {
-        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.buffer.push(OutputLine {
+    fn line(&self, stream: &'static str, line: String) -> OutputLine {
+        OutputLine {
             job_id: self.job_id,
-            seq,
+            seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
             attempt: self.attempt,
             stream,
             at: now_ms(),
             line,
-        });
+        }
     }
 
+    /// A line of the job's own output: kept while under the cap, waiting for room in the
+    /// buffer; past the cap discarded and counted.
+    async fn push(&self, stream: &'static str, line: String) {
+        let len = line.len() as u64 + 1;
+        let before = self.cap.kept.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.cap.limit {
+            if self.cap.discarded_lines.fetch_add(1, Ordering::AcqRel) == 0 {
+                self.note(format!(
+                    "output reached {} ({}); further output of this attempt is discarded (the job goes on)",
+                    self.cap.setting,
+                    crate::config::ByteSize(self.cap.limit)
+                ));
+            }
+            self.cap.discarded_bytes.fetch_add(len, Ordering::AcqRel);
+            return;
+        }
+        let line = self.line(stream, line);
+        self.buffer.push(line).await;
+    }
+
+    /// A line the service adds.
     fn note(&self, line: impl Into<String>) {
-        self.push("shiftd", line.into());
+        let line = self.line("shiftd", line.into());
+        self.buffer.note(line);
+    }
+
+    /// The marker line saying how much was discarded, if anything was.
+    fn note_discarded(&self) {
+        let lines = self.cap.discarded_lines.load(Ordering::Acquire);
+        if lines > 0 {
+            self.note(format!(
+                "max_output: discarded {} bytes in {lines} lines past {} ({}); raise it to keep more",
+                self.cap.discarded_bytes.load(Ordering::Acquire),
+                self.cap.setting,
+                crate::config::ByteSize(self.cap.limit)
+            ));
+        }
     }
 }
 
-async fn run_job(
-    inner: &Arc<Inner>,
-    job: Job,
-    task: Option<Arc<Task>>,
-    lease: Duration,
-    cancel: CancellationToken,
-    requeue: CancellationToken,
-) {
-    let started = Instant::now();
-    let Some(last_seq) = persist("read the job's output position", lease, || {
-        inner.store.last_seq(job.id)
-    })
-    .await
-    else {
-        // The database is away; the lease will expire and the job will be claimed again.
-        return;
-    };
-    let out = JobOutput {
-        buffer: inner.output.clone(),
-        job_id: job.id,
-        attempt: job.attempts,
-        seq: Arc::new(AtomicI64::new(last_seq)),
-    };
-    let refuse = |error: String| Finish {
-        state: JobState::Failed,
-        exit_code: None,
-        exit_signal: None,
-        error: Some(error),
-    };
-    let prepared = match &task {
-        None => Err(refuse(format!(
-            "task `{}` is not configured on this server",
-            job.task
-        ))),
-        Some(_) if job.attempts > job.max_attempts => Err(refuse(format!(
-            "gave up after {} attempts (the last ones were lost with their worker; see the output)",
-            job.max_attempts
-        ))),
-        Some(task) => {
-            let given = job.params.as_object().cloned().unwrap_or_default();
-            task.check_params(&given)
-                .and_then(|p| task.argv(&p))
-                .map_err(|e| refuse(format!("parameters no longer valid: {e}")))
-        }
-    };
-    let argv = match prepared {
-        Ok(argv) => argv,
-        Err(mut finish) => {
-            out.note(finish.error.clone().unwrap_or_default());
-            finish.state = JobState::Failed;
-            let no_retry = Job {
-                attempts: job.max_attempts,
-                ..job.clone()
-            };
-            record(
-                inner,
-                &no_retry,
-                &out,
-                Stop::Exited,
-                finish,
-                Duration::ZERO,
-                lease,
-                started,
-            )
-            .await;
-            return;
-        }
-    };
-    let task = task.expect("checked above");
-    let cfg = &task.config;
-    out.note(format!(
-        "attempt {} of {} on {}: {:?}",
-        job.attempts, job.max_attempts, inner.owner, argv
-    ));
-
+/// The process to start for a job: argv without a shell, in its own process group, with
+/// a cleared environment (only [`INHERITED_ENV`], the task's `env` and the `JOB_*` values).
+fn job_command(
+    cfg: &TaskConfig,
+    job: &Job,
+    argv: &[String],
+    inherited: impl IntoIterator<Item = (&'static str, std::ffi::OsString)>,
+) -> Command {
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .env_clear()
-        .envs(
-            INHERITED_ENV
-                .iter()
-                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
-        )
+        .envs(inherited)
         .envs(&cfg.env)
         .env("JOB_ID", job.id.to_string())
         .env("JOB_TASK", &job.task)
@@ -517,9 +720,133 @@ async fn run_job(
     if let Some(dir) = &cfg.working_dir {
         command.current_dir(dir);
     }
-    let mut child = match command.spawn() {
+    command
+}
+
+fn inherited_env() -> impl Iterator<Item = (&'static str, std::ffi::OsString)> {
+    INHERITED_ENV
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| (*k, v)))
+}
+
+/// The argv of an attempt, or why it cannot run (and whether that may be retried).
+fn prepare(attempt: &Attempt) -> Result<Vec<String>, (Stop, String)> {
+    let job = &attempt.job;
+    let Some(task) = &attempt.task else {
+        return Err((
+            Stop::TaskGone,
+            format!(
+                "task `{}` is no longer configured on this node; back to the queue for a node that has it",
+                job.task
+            ),
+        ));
+    };
+    if job.attempts > job.max_attempts {
+        return Err((
+            Stop::Exited,
+            format!(
+                "gave up after {} attempts (the last ones were lost with their worker; see the output)",
+                job.max_attempts
+            ),
+        ));
+    }
+    let given = job.params.as_object().cloned().unwrap_or_default();
+    task.check_params(&given)
+        .and_then(|p| task.argv(&p))
+        .map_err(|e| (Stop::Exited, format!("parameters no longer valid: {e}")))
+}
+
+async fn run_job(
+    inner: &Arc<Inner>,
+    attempt: Attempt,
+    cancel: CancellationToken,
+    requeue: CancellationToken,
+) {
+    let started = Instant::now();
+    let job = attempt.job.clone();
+    let job = &job;
+    // Lines of an earlier attempt in this process go first, so numbering continues after them.
+    let _ = inner.output.flush().await;
+    let Some(last_seq) = persist("read the job's output position", attempt.lease, || {
+        inner.store.last_seq(job.id)
+    })
+    .await
+    else {
+        // The database is away; the lease will expire and the job will be claimed again.
+        return;
+    };
+    let (limit, setting) = attempt.max_output();
+    let out = JobOutput {
+        buffer: inner.output.clone(),
+        job_id: job.id,
+        attempt: job.attempts,
+        seq: Arc::new(AtomicI64::new(last_seq)),
+        cap: Arc::new(OutputCap {
+            limit,
+            setting,
+            kept: AtomicU64::new(0),
+            discarded_bytes: AtomicU64::new(0),
+            discarded_lines: AtomicU64::new(0),
+        }),
+    };
+    let refuse = |error: String| Finish {
+        state: JobState::Failed,
+        exit_code: None,
+        exit_signal: None,
+        error: Some(error),
+    };
+    let argv = match prepare(&attempt) {
+        Ok(argv) => argv,
+        Err((stop, error)) => {
+            out.note(error.clone());
+            // A refusal is final: no retry of parameters that cannot pass.
+            let no_retry = Job {
+                attempts: job.max_attempts,
+                ..job.clone()
+            };
+            let attempt = Attempt {
+                job: no_retry,
+                ..attempt
+            };
+            record(
+                inner,
+                &attempt,
+                stop,
+                refuse(error),
+                Duration::ZERO,
+                started,
+            )
+            .await;
+            return;
+        }
+    };
+    let task = attempt.task.clone().expect("prepare checked it");
+    let cfg = &task.config;
+    // The lease runs from the claim; if the claim itself was slow, renew before starting.
+    let lease = LeaseKeeper::start(inner, &attempt, cancel.clone());
+    if !lease.has_time_to_start(attempt.lease).await {
+        out.note("the claim's lease is nearly over and could not be renewed; not starting (it runs again after the lease)");
+        lease.stop();
+        record(
+            inner,
+            &attempt,
+            Stop::LeaseExpiring,
+            refuse(String::new()),
+            Duration::ZERO,
+            started,
+        )
+        .await;
+        return;
+    }
+    out.note(format!(
+        "attempt {} of {} on {}: {:?}",
+        job.attempts, job.max_attempts, inner.node, argv
+    ));
+    let command = job_command(cfg, job, &argv, inherited_env());
+    let mut child = match inner.spawner.spawn(command).await {
         Ok(child) => child,
         Err(e) => {
+            lease.stop();
             let error = format!(
                 "cannot start {}: {e}; check tasks.{}.command and working_dir",
                 argv[0], job.task
@@ -527,12 +854,10 @@ async fn run_job(
             out.note(error.clone());
             record(
                 inner,
-                &job,
-                &out,
+                &attempt,
                 Stop::Exited,
                 refuse(error),
                 cfg.retry_backoff,
-                lease,
                 started,
             )
             .await;
@@ -551,32 +876,8 @@ async fn run_job(
             .map(|s| tokio::spawn(read_lines(s, "stderr", out.clone()))),
     ];
 
-    let timeout = tokio::time::sleep(cfg.timeout);
-    tokio::pin!(timeout);
-    let mut renew = tokio::time::interval_at(Instant::now() + lease / 3, lease / 3);
-    let mut cancel_check =
-        tokio::time::interval(inner.settings.read().expect("poisoned").poll_interval);
-    let (stop, status) = loop {
-        tokio::select! {
-            status = child.wait() => break (Stop::Exited, status.ok()),
-            _ = timeout.as_mut() => break (Stop::Timeout, None),
-            _ = cancel.cancelled() => break (Stop::Cancelled, None),
-            _ = requeue.cancelled() => break (Stop::Shutdown, None),
-            _ = renew.tick() => match inner.store.renew(job.id, &inner.owner, lease).await {
-                Ok(Some(true)) => cancel.cancel(),
-                Ok(Some(false)) => {}
-                Ok(None) => break (Stop::LeaseLost, None),
-                Err(e) => tracing::warn!(job = job.id, error = %e, "cannot renew the job's lease; it keeps running and will retry"),
-            },
-            _ = cancel_check.tick() => {
-                if let Ok(Some(current)) = inner.store.get(job.id).await {
-                    if current.cancel_requested {
-                        cancel.cancel();
-                    }
-                }
-            }
-        }
-    };
+    let (stop, status) = supervise(&mut child, cfg, &cancel, &requeue, &lease).await;
+    lease.stop();
     let status = match (status, pgid) {
         (Some(status), Some(pgid)) => {
             // The job is its process group: what it left running in the background goes
@@ -588,20 +889,13 @@ async fn run_job(
         }
         (Some(status), None) => Some(status),
         (None, Some(pgid)) => {
-            let why = match stop {
-                Stop::Timeout => format!(
-                    "timed out after {}; stopping it",
-                    humantime::format_duration(cfg.timeout)
-                ),
-                Stop::Cancelled => "cancelled; stopping it".to_string(),
-                Stop::Shutdown => {
-                    "the service is stopping; stopping it to run again after the restart"
-                        .to_string()
-                }
-                _ => "its lease was taken by another worker; stopping it".to_string(),
+            out.note(stop_reason(stop, cfg, &lease));
+            // Before a lease runs out, the whole group is gone before its deadline.
+            let grace = match stop {
+                Stop::LeaseExpiring => cfg.kill_grace.min(lease.time_to_fence_end()),
+                _ => cfg.kill_grace,
             };
-            out.note(why);
-            Some(stop_group(&mut child, pgid, cfg.kill_grace, &out).await)
+            Some(stop_group(&mut child, pgid, grace, &out).await)
         }
         (None, None) => None,
     };
@@ -614,26 +908,218 @@ async fn run_job(
         {
             abort.abort();
             out.note(
-                "output still open after the process ended (a background child?); stopped reading",
+                "output still open after the process ended (a background child, or the output waiting for the database); stopped reading",
             );
         }
     }
+    out.note_discarded();
     let finish = describe(stop, status, &job.task, cfg.timeout);
     out.note(match &finish.error {
         Some(error) => error.clone(),
         None => status_text(finish.exit_code, finish.exit_signal),
     });
-    record(
-        inner,
-        &job,
-        &out,
-        stop,
-        finish,
-        cfg.retry_backoff,
-        lease,
-        started,
-    )
-    .await;
+    record(inner, &attempt, stop, finish, cfg.retry_backoff, started).await;
+}
+
+/// Waits for the attempt to end and says why: the process exited, or it must be stopped
+/// (timeout, cancel, the service's stop, the lease lost or about to run out).
+async fn supervise(
+    child: &mut Child,
+    cfg: &TaskConfig,
+    cancel: &CancellationToken,
+    requeue: &CancellationToken,
+    lease: &LeaseKeeper,
+) -> (Stop, Option<ExitStatus>) {
+    let timeout = tokio::time::sleep(cfg.timeout);
+    tokio::pin!(timeout);
+    let mut deadline = lease.deadline.clone();
+    loop {
+        // Stop early enough that the whole group is dead before the lease can run out.
+        let fence = lease.fence_at(*deadline.borrow_and_update(), cfg.kill_grace);
+        tokio::select! {
+            status = child.wait() => return (Stop::Exited, status.ok()),
+            _ = timeout.as_mut() => return (Stop::Timeout, None),
+            _ = cancel.cancelled() => return (Stop::Cancelled, None),
+            _ = requeue.cancelled() => return (Stop::Shutdown, None),
+            _ = lease.lost.cancelled() => return (Stop::LeaseLost, None),
+            _ = tokio::time::sleep_until(fence) => return (Stop::LeaseExpiring, None),
+            // A renewal moved the deadline: compute the fence again.
+            changed = deadline.changed() => if changed.is_err() {
+                return (Stop::LeaseExpiring, None);
+            },
+        }
+    }
+}
+
+fn stop_reason(stop: Stop, cfg: &TaskConfig, lease: &LeaseKeeper) -> String {
+    match stop {
+        Stop::Timeout => format!(
+            "timed out after {}; stopping it",
+            humantime::format_duration(cfg.timeout)
+        ),
+        Stop::Cancelled => "cancelled; stopping it".to_string(),
+        Stop::Shutdown => {
+            "the service is stopping; stopping it to run again after the restart".to_string()
+        }
+        Stop::LeaseExpiring => format!(
+            "could not renew its lease for {} ({}); stopping it before the lease runs out, so that no other worker can start it while it still runs; it runs again once the lease has expired",
+            humantime::format_duration(Duration::from_millis(
+                lease.since_renewed().as_millis() as u64
+            )),
+            lease.last_error()
+        ),
+        _ => "its lease was taken by another worker; stopping it".to_string(),
+    }
+}
+
+/// Renews an attempt's lease in its own task, so a renewal that hangs (a database stall)
+/// never holds up the supervisor, which stops the job before the lease can run out.
+struct LeaseKeeper {
+    /// The local time by which the lease may run out, moved on by each renewal.
+    deadline: watch::Receiver<Instant>,
+    /// Another worker took the job.
+    lost: CancellationToken,
+    lease: Duration,
+    renewed_at: Arc<Mutex<(Instant, String)>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    fn start(inner: &Arc<Inner>, attempt: &Attempt, cancel: CancellationToken) -> Self {
+        let (deadline_tx, deadline) = watch::channel(attempt.lease_deadline);
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let renewed_at = Arc::new(Mutex::new((
+            attempt.lease_deadline - attempt.lease,
+            "no renewal yet".to_string(),
+        )));
+        let task = tokio::spawn(keep_lease(
+            inner.store.clone(),
+            attempt.job.id,
+            attempt.lease_owner.clone(),
+            attempt.lease,
+            deadline_tx,
+            lost.clone(),
+            cancel,
+            stop.clone(),
+            renewed_at.clone(),
+        ));
+        Self {
+            deadline,
+            lost,
+            lease: attempt.lease,
+            renewed_at,
+            stop,
+            task,
+        }
+    }
+
+    /// The margin kept between the group's death and the lease's end.
+    fn margin(&self) -> Duration {
+        (self.lease / 10).max(Duration::from_millis(100))
+    }
+
+    /// When to send SIGTERM so that SIGKILL (after at most `kill_grace`, shortened when
+    /// needed) lands `margin` before `deadline`.
+    fn fence_at(&self, deadline: Instant, kill_grace: Duration) -> Instant {
+        let term_window = kill_grace.min(self.lease / 4);
+        deadline
+            .checked_sub(self.margin() + term_window)
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Time left until SIGKILL must have been sent.
+    fn time_to_fence_end(&self) -> Duration {
+        (*self.deadline.borrow())
+            .checked_sub(self.margin())
+            .map(|end| end.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    fn since_renewed(&self) -> Duration {
+        self.renewed_at.lock().expect("poisoned").0.elapsed()
+    }
+
+    fn last_error(&self) -> String {
+        self.renewed_at.lock().expect("poisoned").1.clone()
+    }
+
+    /// True when at least half the lease is left, renewing once if it is not.
+    async fn has_time_to_start(&self, lease: Duration) -> bool {
+        let half = lease / 2;
+        let mut deadline = self.deadline.clone();
+        loop {
+            let left = deadline
+                .borrow_and_update()
+                .saturating_duration_since(Instant::now());
+            if left >= half {
+                return true;
+            }
+            if left.is_zero() || self.lost.is_cancelled() {
+                return false;
+            }
+            // The keeper renews at a third of the lease; wait for it, up to what is left.
+            match tokio::time::timeout(left, deadline.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return false,
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.cancel();
+        self.task.abort();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn keep_lease(
+    store: Store,
+    id: i64,
+    lease_owner: String,
+    lease: Duration,
+    deadline: watch::Sender<Instant>,
+    lost: CancellationToken,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+    renewed_at: Arc<Mutex<(Instant, String)>>,
+) {
+    let every = lease / 3;
+    let mut next = *deadline.borrow() - lease + every;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        let sent = Instant::now();
+        next = sent + every;
+        match tokio::time::timeout(every, store.renew(id, &lease_owner, lease)).await {
+            Ok(Ok(Some(cancel_requested))) => {
+                let _ = deadline.send(sent + lease);
+                *renewed_at.lock().expect("poisoned") = (sent, String::new());
+                if cancel_requested {
+                    cancel.cancel();
+                }
+            }
+            Ok(Ok(None)) => {
+                lost.cancel();
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(job = id, error = %e, "cannot renew the job's lease; it keeps running while the lease lasts and is stopped before it runs out");
+                renewed_at.lock().expect("poisoned").1 = e.to_string();
+                // Try again soon rather than a third of the lease later.
+                next = sent + (every / 3).max(Duration::from_millis(100));
+            }
+            Err(_) => {
+                tracing::warn!(job = id, "renewing the job's lease took longer than a third of jobs.lease (a database stall?); it keeps running while the lease lasts");
+                renewed_at.lock().expect("poisoned").1 =
+                    "the database did not answer in time".to_string();
+                next = Instant::now();
+            }
+        }
+    }
 }
 
 /// SIGTERM to the group, SIGKILL after `kill_grace`, then reap.
@@ -686,7 +1172,9 @@ fn describe(stop: Stop, status: Option<ExitStatus>, task: &str, timeout: Duratio
             )),
         ),
         Stop::Cancelled => (JobState::Cancelled, Some("cancelled".into())),
-        Stop::Shutdown | Stop::LeaseLost => (JobState::Queued, None),
+        Stop::Shutdown | Stop::LeaseLost | Stop::LeaseExpiring | Stop::TaskGone => {
+            (JobState::Queued, None)
+        }
     };
     Finish {
         state,
@@ -697,59 +1185,55 @@ fn describe(stop: Stop, status: Option<ExitStatus>, task: &str, timeout: Duratio
 }
 
 /// Writes the output, then the outcome, retrying through database blips while the lease lasts.
-#[allow(clippy::too_many_arguments)]
 async fn record(
     inner: &Arc<Inner>,
-    job: &Job,
-    out: &JobOutput,
+    attempt: &Attempt,
     stop: Stop,
     finish: Finish,
     backoff: Duration,
-    lease: Duration,
     started: Instant,
 ) {
+    let job = &attempt.job;
+    let owner = attempt.lease_owner.as_str();
     // Output first, so whoever sees the final state can read the whole log.
-    let _ = persist("write the job's output", lease, || inner.output.flush()).await;
-    let _ = out;
-    match stop {
-        Stop::LeaseLost => {}
-        Stop::Shutdown => {
-            if persist("put the job back in the queue", lease, || {
-                inner.store.requeue(job.id, &inner.owner)
+    let _ = persist("write the job's output", attempt.lease, || {
+        inner.output.flush()
+    })
+    .await;
+    let outcome = match stop {
+        // Not ours any more, or about to not be: whoever claims it next records it.
+        Stop::LeaseLost | Stop::LeaseExpiring => "lost",
+        Stop::Shutdown | Stop::TaskGone => {
+            if persist("put the job back in the queue", attempt.lease, || {
+                inner.store.requeue(job.id, owner)
             })
             .await
             .is_some()
             {
-                tracing::info!(job = job.id, task = %job.task, "job stopped by the shutdown and requeued");
+                tracing::info!(job = job.id, task = %job.task, "job {} and requeued", if stop == Stop::Shutdown { "stopped by the shutdown" } else { "left for a node that has its task" });
             }
+            "requeued"
         }
         _ => {
             let backoff = backoff.saturating_mul(1 << (job.attempts.clamp(1, 16) - 1) as u32);
             let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
-            if persist("record the job's outcome", lease, || {
-                inner.store.finish(job, &inner.owner, &finish, backoff)
+            let outcome = if retry {
+                "retry"
+            } else {
+                finish.state.as_str()
+            };
+            if persist("record the job's outcome", attempt.lease, || {
+                inner.store.finish(job, owner, &finish, backoff)
             })
             .await
             .is_some()
             {
-                let outcome = if retry {
-                    "retry"
-                } else {
-                    finish.state.as_str()
-                };
                 tracing::info!(job = job.id, task = %job.task, attempt = job.attempts, outcome, error = finish.error.as_deref().unwrap_or(""), "job attempt ended: {outcome}");
             }
+            finish.state.as_str()
         }
-    }
-    (inner.on_attempt)(
-        &job.task,
-        match stop {
-            Stop::Shutdown => "requeued",
-            Stop::LeaseLost => "lost",
-            _ => finish.state.as_str(),
-        },
-        started.elapsed(),
-    );
+    };
+    (inner.on_attempt)(&job.task, outcome, started.elapsed());
 }
 
 /// Retries a database write with backoff until it succeeds or `limit` passes.
@@ -761,7 +1245,12 @@ where
     let deadline = Instant::now() + limit;
     let mut wait = Duration::from_millis(100);
     loop {
-        match f().await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = match tokio::time::timeout(left, f()).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        };
+        match result {
             Ok(v) => return Some(v),
             Err(e) if Instant::now() + wait < deadline => {
                 tracing::warn!(error = %e, "cannot {what}; retrying in {wait:?}");
@@ -791,12 +1280,78 @@ async fn read_lines(stream: impl AsyncRead + Unpin, name: &'static str, out: Job
                 while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                     buf.pop();
                 }
-                out.push(name, String::from_utf8_lossy(&buf).into_owned());
+                out.push(name, String::from_utf8_lossy(&buf).into_owned())
+                    .await;
             }
             Err(e) => {
                 out.note(format!("reading {name} failed: {e}"));
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_environment_is_cleared_but_for_a_few() {
+        let cfg = TaskConfig {
+            command: vec!["/bin/true".into()],
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            ..Default::default()
+        };
+        let job = Job {
+            id: 7,
+            task: "t".into(),
+            params: serde_json::json!({}),
+            state: JobState::Running,
+            attempts: 2,
+            max_attempts: 3,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            exit_signal: None,
+            error: None,
+            cancel_requested: false,
+            lease_owner: None,
+            run_after: 0,
+        };
+        let inherited = [("PATH", std::ffi::OsString::from("/usr/bin"))];
+        let command = job_command(&cfg, &job, &cfg.command, inherited);
+        let mut env: Vec<(String, String)> = command
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        env.sort();
+        let expected: Vec<(String, String)> = [
+            ("GREETING", "hi"),
+            ("JOB_ATTEMPT", "2"),
+            ("JOB_ID", "7"),
+            ("JOB_TASK", "t"),
+            ("PATH", "/usr/bin"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, expected);
+    }
+
+    #[test]
+    fn claim_backoff_doubles_up_to_its_cap() {
+        let poll = Duration::from_secs(1);
+        assert_eq!(claim_backoff(poll, 1), poll);
+        assert_eq!(claim_backoff(poll, 3), Duration::from_secs(4));
+        assert_eq!(claim_backoff(poll, 30), MAX_CLAIM_BACKOFF);
     }
 }
