@@ -992,7 +992,7 @@ impl LeaseKeeper {
         let stop = CancellationToken::new();
         let renewed_at = Arc::new(Mutex::new((
             attempt.lease_deadline - attempt.lease,
-            "no renewal yet".to_string(),
+            String::new(),
         )));
         let task = tokio::spawn(keep_lease(
             inner.store.clone(),
@@ -1042,7 +1042,12 @@ impl LeaseKeeper {
     }
 
     fn last_error(&self) -> String {
-        self.renewed_at.lock().expect("poisoned").1.clone()
+        let error = self.renewed_at.lock().expect("poisoned").1.clone();
+        if error.is_empty() {
+            "the database did not answer in time".into()
+        } else {
+            error
+        }
     }
 
     /// True when at least half the lease is left, renewing once if it is not.
