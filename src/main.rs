@@ -10,6 +10,11 @@ use shiftd::lifecycle::{self, Notifier, StartupError, SystemdEnv};
 use shiftd::service::{self, ServeOptions};
 
 fn main() -> ExitCode {
+    // A job's process-group head (src/jobs/shim.rs): nothing of the service runs here.
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(shiftd::jobs::shim::SHIM_ARG)) {
+        return ExitCode::from(shiftd::jobs::shim::run(args.collect()));
+    }
     // SAFETY: no other thread exists yet; the runtime is built below.
     let systemd = match unsafe { SystemdEnv::take() } {
         Ok(env) => env,

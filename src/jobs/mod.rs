@@ -5,6 +5,7 @@
 
 pub mod output;
 pub mod runner;
+pub mod shim;
 pub mod spawn;
 pub mod store;
 pub mod task;

@@ -31,6 +31,9 @@ use crate::lifecycle::{StageContext, StageOutcome};
 /// Longest output line kept; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
 
+/// This very binary, also after a package upgrade replaced the file on disk.
+const SELF_EXE: &str = "/proc/self/exe";
+
 /// The claim loop's longest wait between tries while the database fails.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -702,9 +705,11 @@ fn job_command(
     argv: &[String],
     inherited: impl IntoIterator<Item = (&'static str, std::ffi::OsString)>,
 ) -> Command {
-    let mut command = Command::new(&argv[0]);
+    // The shim heads the process group and takes it down if shiftd dies (shim.rs).
+    let mut command = Command::new(SELF_EXE);
     command
-        .args(&argv[1..])
+        .arg(super::shim::SHIM_ARG)
+        .args(argv)
         .env_clear()
         .envs(inherited)
         .envs(&cfg.env)
@@ -1339,6 +1344,8 @@ mod tests {
             })
             .collect();
         env.sort();
+        let args: Vec<_> = command.as_std().get_args().collect();
+        assert_eq!(args, ["__job-shim", "/bin/true"]);
         let expected: Vec<(String, String)> = [
             ("GREETING", "hi"),
             ("JOB_ATTEMPT", "2"),
