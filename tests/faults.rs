@@ -159,6 +159,7 @@ async fn sqlite_disk_fault(fault: DiskFault, test: &str) {
     // fault, and no execution may start.
     let mut accepted = Vec::new();
     let (mut posts, mut ready_ok) = (BTreeMap::<u16, usize>::new(), 0);
+    let mut ready_fault_seen = false;
     let window = Instant::now();
     let c = client();
     while window.elapsed() < secs(7) {
@@ -180,14 +181,22 @@ async fn sqlite_disk_fault(fault: DiskFault, test: &str) {
             }
             Err(e) => v.fail(format!("POST while {reason}: {e}")),
         }
+        // The service may need a failed write to notice (a POST is one): /readyz gets
+        // 2 s to say so, and must not turn ready again while the fault lasts.
         match request(&c, "GET", addr, "/readyz").await {
-            Ok((503, body)) if body.to_string().contains(reason) => {}
-            Ok((code, body)) => {
+            Ok((503, body)) if body.to_string().contains(reason) => {
+                ready_fault_seen = true;
+            }
+            Ok((code, body)) if ready_fault_seen || window.elapsed() > secs(2) => {
                 ready_ok += 1;
                 if ready_ok == 1 {
-                    v.fail(format!("/readyz while {reason}: {code} {body}"));
+                    v.fail(format!(
+                        "/readyz {:?} into the fault: {code} {body}",
+                        window.elapsed()
+                    ));
                 }
             }
+            Ok(_) => {}
             Err(e) => v.fail(format!("/readyz while {reason}: {e}")),
         }
         tokio::time::sleep(millis(100)).await;
