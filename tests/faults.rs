@@ -71,7 +71,7 @@ async fn wait_all_final(addr: std::net::SocketAddr, ids: &[i64], timeout: Durati
 }
 
 // ---------------------------------------------------------------------------------------
-// Findings 1 and 8: SQLite on a full disk, and on a disk turned read-only.
+// Finding 1: SQLite on a full disk, and on a disk turned read-only.
 // ---------------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -709,11 +709,13 @@ async fn retention(backend: Backend) {
     v.finish(&format!("retention ({backend:?})"));
 }
 
+/// Finding 6: retention on SQLite (see `retention`).
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_sqlite() {
     retention(Backend::Sqlite).await;
 }
 
+/// Finding 6: retention on PostgreSQL (see `retention`).
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_postgres() {
     retention(Backend::Postgres).await;
@@ -895,11 +897,13 @@ async fn sigkill_loop(backend: Backend) {
     v.finish(&test);
 }
 
+/// Finding 9: the SIGKILL loop on SQLite (see `sigkill_loop`).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_loop_sqlite() {
     sigkill_loop(Backend::Sqlite).await;
 }
 
+/// Finding 9: the SIGKILL loop on PostgreSQL (see `sigkill_loop`).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_loop_postgres() {
     sigkill_loop(Backend::Postgres).await;
