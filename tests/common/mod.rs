@@ -23,6 +23,8 @@
 //! URL, `SLOW_TESTS=1` enables the slow suites.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
