@@ -9,6 +9,7 @@ use serde_json::json;
 use super::error::error_response;
 use super::AppState;
 use crate::config::fmt_duration;
+use crate::jobs::JobState;
 
 /// 200 while the process serves at all.
 #[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "Serving")))]
@@ -68,6 +69,7 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "request_timeout": fmt_duration(config.http.request_timeout),
         },
         "unserved": view.unserved,
+        "jobs": JobState::ALL.iter().map(|st| (st.as_str().to_string(), json!(view.counts.iter().filter(|(_, s, _)| s == st).map(|(_, _, n)| n).sum::<i64>()))).collect::<serde_json::Map<_, _>>(),
         "node": state.jobs.runner.node(),
         "queue": view.depth.into_iter().map(|(task, (queued, running))| (task, json!({ "queued": queued, "running": running }))).collect::<serde_json::Map<_, _>>(),
         "running_jobs": state.jobs.runner.running(),

@@ -52,6 +52,14 @@ pub struct Metrics {
     job_duration: Family<TaskState, Histogram>,
     stop_stage: Family<StageLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pool: Family<PoolState, Gauge>,
+    database_size: Gauge,
+    unserved: Family<Task, Gauge>,
+    storage_fault: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Task {
+    task: String,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -73,6 +81,24 @@ impl Default for Metrics {
             Family::<TaskState, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
         let stop_stage = Family::<StageLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let pool = Family::<PoolState, Gauge>::default();
+        let database_size = Gauge::default();
+        let unserved = Family::<Task, Gauge>::default();
+        let storage_fault = Gauge::default();
+        registry.register(
+            "database_size_bytes",
+            "Size of the database on disk",
+            database_size.clone(),
+        );
+        registry.register(
+            "jobs_unserved",
+            "Queued jobs of tasks that no live node serves",
+            unserved.clone(),
+        );
+        registry.register(
+            "storage_fault",
+            "1 while writes to the database fail (disk full, read-only, unavailable)",
+            storage_fault.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -111,6 +137,9 @@ impl Default for Metrics {
             job_duration,
             stop_stage,
             pool,
+            database_size,
+            unserved,
+            storage_fault,
         }
     }
 }
@@ -153,12 +182,22 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
+/// `GET /metrics` in the Prometheus text format. Served from memory: the job counts and
+/// the database size are what the runner's upkeep loop last read (every few seconds), so a
+/// scrape costs no query however large the jobs table is.
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = &state.metrics;
-    let counts = state.jobs.store.counts().await?;
+    let view = state.jobs.runner.view();
+    metrics.database_size.set(view.size_bytes.unwrap_or(0));
+    metrics.unserved.clear();
+    for (task, n) in view.unserved {
+        metrics.unserved.get_or_create(&Task { task }).set(n);
+    }
+    metrics
+        .storage_fault
+        .set(i64::from(state.jobs.runner.storage_fault().is_some()));
     metrics.jobs.clear();
-    for (task, job_state, n) in counts {
+    for (task, job_state, n) in view.counts {
         metrics
             .jobs
             .get_or_create(&TaskState {

@@ -37,8 +37,9 @@ const SELF_EXE: &str = "/proc/self/exe";
 /// The claim loop's longest wait between tries while the database fails.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How often the database's size is read for `/v1/status` and `/metrics`.
-const SIZE_EVERY: Duration = Duration::from_secs(30);
+/// How often the database's size and the job counts by state (a scan of every job) are
+/// read for `/v1/status` and `/metrics`, which serve them from memory.
+const STATS_EVERY: Duration = Duration::from_secs(10);
 
 /// Environment variables passed on from the service to jobs; everything else is dropped
 /// (jobs get `env` from their task, plus `JOB_ID`, `JOB_TASK`, `JOB_ATTEMPT`).
@@ -120,6 +121,8 @@ pub struct QueueView {
     /// Queued jobs of tasks that no live node serves, by task.
     pub unserved: BTreeMap<String, i64>,
     pub size_bytes: Option<i64>,
+    /// Jobs by task and state, all of them (refreshed every [`STATS_EVERY`]).
+    pub counts: Vec<(String, JobState, i64)>,
 }
 
 /// Called when an attempt ends: task, final state of the attempt, how long it ran.
@@ -480,10 +483,14 @@ async fn upkeep_loop(inner: Arc<Inner>) {
             view_at = Instant::now();
             refresh_view(&inner, &settings).await;
         }
-        if size_at.elapsed() >= SIZE_EVERY {
+        if size_at.elapsed() >= STATS_EVERY {
             size_at = Instant::now();
             if let Ok(Ok(n)) = tokio::time::timeout(every, inner.store.size_bytes()).await {
                 inner.view.write().expect("poisoned").size_bytes = Some(n);
+            }
+            if let Ok(Ok(counts)) = tokio::time::timeout(settings.lease, inner.store.counts()).await
+            {
+                inner.view.write().expect("poisoned").counts = counts;
             }
         }
         if !faulted && sweep_at.elapsed() >= settings.sweep_every() {
