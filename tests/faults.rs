@@ -18,26 +18,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A builder polling fast, on the backend; the database (if any) lives as long as the guard.
-async fn builder(backend: Backend) -> (ShiftdBuilder, Option<TestDatabase>) {
-    let b = Shiftd::builder()
-        .set("jobs.poll_interval", "100ms")
-        .set("jobs.log_flush_interval", "100ms");
-    match backend {
-        Backend::Sqlite => (b, None),
-        Backend::Postgres => {
-            let db = TestDatabase::create().await;
-            (b.set("database.url", db.url.clone()), Some(db))
-        }
-    }
-}
-
 /// Stops the service gracefully (whatever its exit code), then checks that no job process
 /// of the test is left.
 async fn stop_and_check_processes(app: &Shiftd, ledger: &Ledger) {

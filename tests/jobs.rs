@@ -12,13 +12,6 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-/// Which database a test runs on.
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 /// Runs the builder's tasks in its work directory (the last `[tasks.x]` table written).
 fn tasks_in_workdir(b: ShiftdBuilder) -> (ShiftdBuilder, Workdir) {
     let dir = b.workdir().clone();
@@ -26,20 +19,6 @@ fn tasks_in_workdir(b: ShiftdBuilder) -> (ShiftdBuilder, Workdir) {
         b.toml(&format!("working_dir = \"{}\"", dir.path().display())),
         dir,
     )
-}
-
-/// A builder for the backend; the database (if any) lives as long as the returned guard.
-async fn builder(backend: Backend) -> (ShiftdBuilder, Option<TestDatabase>) {
-    let b = Shiftd::builder()
-        .set("jobs.poll_interval", "100ms")
-        .set("jobs.log_flush_interval", "100ms");
-    match backend {
-        Backend::Sqlite => (b, None),
-        Backend::Postgres => {
-            let db = TestDatabase::create().await;
-            (b.set("database.url", db.url.clone()), Some(db))
-        }
-    }
 }
 
 fn client() -> reqwest::Client {

@@ -926,6 +926,32 @@ pub async fn wait_closed(stream: &mut TcpStream, timeout: Duration) -> Result<()
 }
 
 // ---------------------------------------------------------------------------------------
+// Backends: which database a test runs on.
+// ---------------------------------------------------------------------------------------
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A builder polling fast, on the backend (a fresh PostgreSQL database for `Postgres`); the
+/// database lives as long as the returned guard.
+pub async fn builder(backend: Backend) -> (ShiftdBuilder, Option<TestDatabase>) {
+    let b = Shiftd::builder()
+        .set("jobs.poll_interval", "100ms")
+        .set("jobs.log_flush_interval", "100ms");
+    match backend {
+        Backend::Sqlite => (b, None),
+        Backend::Postgres => {
+            let db = TestDatabase::create().await;
+            (b.set("database.url", db.url.clone()), Some(db))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // PostgreSQL: a fresh database per test.
 // ---------------------------------------------------------------------------------------
 
