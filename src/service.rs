@@ -93,7 +93,11 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
     }
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
-    let state = app_state(config, db.clone(), life.handle(), auth);
+    let state =
+        app_state(config, db.clone(), life.handle(), auth).map_err(|e| StartupError::Failed {
+            step: "tasks",
+            message: e.to_string(),
+        })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
     let app = Arc::new(Shiftd {
@@ -107,7 +111,14 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
 }
 
 /// The state handlers share, with the job runner started. Tests build theirs with it too.
-pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Auth) -> AppState {
+/// Fails only when a task's parameter rule does not compile.
+pub fn app_state(
+    config: Config,
+    db: Db,
+    lifecycle: lifecycle::Handle,
+    auth: Auth,
+) -> Result<AppState, ConfigError> {
+    let tasks = Task::all(&config.tasks)?;
     let metrics = Arc::new(Metrics::default());
     let store = Store::new(db.pool.clone(), db.backend);
     let runner = {
@@ -117,22 +128,22 @@ pub fn app_state(config: Config, db: Db, lifecycle: lifecycle::Handle, auth: Aut
         });
         Runner::start(
             store.clone(),
-            RunnerSettings::from_config(&config),
+            RunnerSettings::from_config(&config, tasks.clone()),
             on_attempt,
         )
     };
-    AppState::new(AppStateInner {
+    Ok(AppState::new(AppStateInner {
         lifecycle,
         live: Arc::new(LiveSettings {
             request_timeout: RwLock::new(config.http.request_timeout),
         }),
-        tasks: Swap::new(Task::all(&config.tasks)),
+        tasks: Swap::new(tasks),
         auth: Swap::new(auth),
         jobs: JobsState { store, runner },
         metrics,
         config: Swap::new(config),
         db,
-    })
+    }))
 }
 
 /// Where the previous stop's stage durations are kept for `/metrics`.
@@ -193,7 +204,10 @@ impl Shiftd {
                 );
             }
         }
+        // Everything that can fail comes before the first change, so a refused reload
+        // leaves the previous configuration whole.
         let auth = Auth::from_config(&new.auth)?;
+        let tasks = Task::all(&new.tasks)?;
         if let Some(log) = &self.log {
             log.set_level(&new.log.level).map_err(|m| ConfigError {
                 key: "log.level".into(),
@@ -207,11 +221,11 @@ impl Shiftd {
             .write()
             .expect("settings lock poisoned") = new.http.request_timeout;
         self.state.auth.set(auth);
-        self.state.tasks.set(Task::all(&new.tasks));
+        self.state.tasks.set(tasks.clone());
         self.state
             .jobs
             .runner
-            .reconfigure(RunnerSettings::from_config(&new));
+            .reconfigure(RunnerSettings::from_config(&new, tasks));
         let settings = lifecycle_settings(&new);
         self.state.config.set(new);
         Ok(settings)

@@ -56,7 +56,7 @@ fn idle_lifecycle(config: &Config) -> Lifecycle {
 /// The application state as `shiftd::service::serve` builds it.
 fn state(config: Config, db: &Db, lifecycle: Handle) -> AppState {
     let auth = Auth::from_config(&config.auth).expect("no tokens");
-    shiftd::service::app_state(config, db.clone(), lifecycle, auth)
+    shiftd::service::app_state(config, db.clone(), lifecycle, auth).expect("the tasks compile")
 }
 
 async fn app_with(config: Config, body_limit: usize) -> (Router, TestDb, Lifecycle) {

@@ -51,13 +51,14 @@ pub struct RunnerSettings {
 }
 
 impl RunnerSettings {
-    pub fn from_config(config: &Config) -> Self {
+    /// `tasks` are the configuration's tasks, compiled (see [`Task::all`]).
+    pub fn from_config(config: &Config, tasks: BTreeMap<String, Arc<Task>>) -> Self {
         Self {
             workers: config.jobs.workers as usize,
             poll_interval: config.jobs.poll_interval,
             lease: config.jobs.lease,
             log_flush_interval: config.jobs.log_flush_interval,
-            tasks: Task::all(&config.tasks),
+            tasks,
         }
     }
 }

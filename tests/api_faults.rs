@@ -1,0 +1,170 @@
+//! The API against the hostile review (issue 9), on the real binary: idempotency keys
+//! scoped by token and parameters, reads scoped by task, secrets kept out of `shiftd check`
+//! and `/v1/status`, parameter rules that validate and serve alike, request bodies bounded
+//! in size and time, a cheap `/metrics`, literal braces in argv, log paging, and reads that
+//! survive PostgreSQL backends being terminated.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(secs(15))
+        .build()
+        .unwrap()
+}
+
+fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// Starts a job as `token` (or without one) and returns the status and body.
+async fn post_job(
+    addr: SocketAddr,
+    token: Option<&str>,
+    task: &str,
+    key: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let mut request = client()
+        .post(url(addr, &format!("/v1/tasks/{task}/jobs")))
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// GET as `token`: status and body text.
+async fn get_as(addr: SocketAddr, token: Option<&str>, path: &str) -> (u16, String) {
+    let mut request = client().get(url(addr, path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Polls the job (every 50 ms, up to `timeout`) until it reaches a final state.
+async fn wait_final(addr: SocketAddr, token: Option<&str>, id: i64, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, text) = get_as(addr, token, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "{text}");
+        let job: Value = serde_json::from_str(&text).unwrap();
+        if matches!(
+            job["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not end within {timeout:?}: {job}"
+        );
+        tokio::time::sleep(millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 12: parameter rules.
+// ---------------------------------------------------------------------------------------
+
+const VERBOSE_RULE_TASK: &str = r##"[tasks.t]
+command = ["/bin/echo", "{name}"]
+params = { name = "(?x)[a-z]+ # comment" }"##;
+
+async fn post_name(addr: SocketAddr, name: &str) -> u16 {
+    post_job(addr, None, "t", None, json!({"params": {"name": name}}))
+        .await
+        .0
+}
+
+/// Finding 12: a verbose-mode rule with a comment passes `check` and serves (it used to
+/// panic the process at startup), anchored: `abc` is accepted, `ABC` refused.
+#[tokio::test]
+async fn a_verbose_rule_with_a_comment_serves() {
+    let app = Shiftd::builder().toml(VERBOSE_RULE_TASK).start().await;
+    assert_eq!(post_name(app.addr, "abc").await, 202);
+    assert_eq!(post_name(app.addr, "ABC").await, 422);
+    assert_eq!(post_name(app.addr, "abc def").await, 422);
+}
+
+/// Finding 12: a reload to the verbose rule (which used to kill the service) applies it,
+/// and a reload with an invalid rule is refused while the process serves on unchanged.
+#[tokio::test]
+async fn reloads_with_new_rules_never_kill_the_service() {
+    let plain = r#"[tasks.t]
+command = ["/bin/echo", "{name}"]
+params = { name = "[0-9]+" }"#;
+    let app = Shiftd::builder().toml(plain).start().await;
+    assert_eq!(post_name(app.addr, "123").await, 202);
+    let head = format!("[http]\nlisten = \"{}\"\n", app.addr);
+
+    app.rewrite_config(&format!("{head}{VERBOSE_RULE_TASK}\n"));
+    app.signal(nix::sys::signal::Signal::SIGHUP);
+    app.stderr
+        .wait_contains("configuration reloaded", secs(10))
+        .await;
+    assert_eq!(post_name(app.addr, "abc").await, 202);
+    assert_eq!(post_name(app.addr, "ABC").await, 422);
+
+    app.rewrite_config(&format!(
+        "{head}[tasks.t]\ncommand = [\"/bin/echo\", \"{{name}}\"]\nparams = {{ name = \"[a-\" }}\n"
+    ));
+    app.signal(nix::sys::signal::Signal::SIGHUP);
+    let refused = app.stderr.wait_contains("reload rejected", secs(10)).await;
+    assert!(
+        refused.text.contains("tasks.t.params.name"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(app.exit_code(), None, "still running");
+    assert_eq!(
+        post_name(app.addr, "abc").await,
+        202,
+        "the previous rule holds"
+    );
+    assert_eq!(post_name(app.addr, "ABC").await, 422);
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 16: braces in argv.
+// ---------------------------------------------------------------------------------------
+
+/// Finding 16: braces inside an argument are literal (a shell snippet is a task), and a
+/// whole argument `{{name}}` is passed as the literal `{name}`.
+#[tokio::test]
+async fn braces_in_arguments_run_as_written() {
+    let app = Shiftd::builder()
+        .set("jobs.poll_interval", "100ms")
+        .set("jobs.log_flush_interval", "100ms")
+        .toml(
+            r#"[tasks.sh]
+command = ["/bin/sh", "-c", "echo ${HOME} {x} \"$0\"", "{{name}}"]
+env = { HOME = "/home-of-the-test" }"#,
+        )
+        .start()
+        .await;
+    let (status, job) = post_job(app.addr, None, "sh", None, json!({})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let job = wait_final(app.addr, None, id, secs(10)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, log) = get_as(app.addr, None, &format!("/v1/jobs/{id}/log")).await;
+    assert!(
+        log.lines().any(|l| l == "/home-of-the-test {x} {name}"),
+        "{log}"
+    );
+}
