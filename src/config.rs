@@ -70,6 +70,9 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Largest request body accepted, e.g. "1MiB" or a number of bytes.
     pub body_limit: ByteSize,
+    /// Longest time a client may take to send a request body; a slower one is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -79,6 +82,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             body_limit: ByteSize(1024 * 1024),
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -501,6 +505,7 @@ impl Config {
         })?;
         positive("http.request_timeout", self.http.request_timeout)?;
         positive("http.header_read_timeout", self.http.header_read_timeout)?;
+        positive("http.body_read_timeout", self.http.body_read_timeout)?;
         if self.http.body_limit.0 == 0 {
             return Err(ConfigError::new(
                 "http.body_limit",
@@ -780,6 +785,12 @@ mod tests {
         assert_eq!(load(toml, &[]).unwrap_err().key, "tasks.t.params.n");
         let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{n}\"]\nparams = { n = \"(?x)[a-z]+ # comment\" }\n";
         load(toml, &[]).unwrap();
+    }
+
+    #[test]
+    fn body_read_timeout_must_be_positive() {
+        let e = load("[http]\nbody_read_timeout = \"0s\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "http.body_read_timeout", "{e}");
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub fn app_state(
         lifecycle,
         live: Arc::new(LiveSettings {
             request_timeout: RwLock::new(config.http.request_timeout),
+            body_read_timeout: RwLock::new(config.http.body_read_timeout),
         }),
         tasks: Swap::new(tasks),
         auth: Swap::new(auth),
@@ -220,6 +221,12 @@ impl Shiftd {
             .request_timeout
             .write()
             .expect("settings lock poisoned") = new.http.request_timeout;
+        *self
+            .state
+            .live
+            .body_read_timeout
+            .write()
+            .expect("settings lock poisoned") = new.http.body_read_timeout;
         self.state.auth.set(auth);
         self.state.tasks.set(tasks.clone());
         self.state

@@ -140,6 +140,80 @@ params = { name = "[0-9]+" }"#;
 }
 
 // ---------------------------------------------------------------------------------------
+// Finding 14: request bodies.
+// ---------------------------------------------------------------------------------------
+
+const NOOP_TASK: &str = r#"[tasks.noop]
+command = ["/bin/true"]"#;
+
+/// Finding 14: a declared Content-Length over `http.body_limit` is answered 413 at once
+/// (not after `http.request_timeout`), and the connection is closed.
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_413_at_once() {
+    let app = Shiftd::builder()
+        .set("http.body_limit", "1KiB")
+        .toml(NOOP_TASK)
+        .start()
+        .await;
+    let mut conn = connect(app.addr).await.unwrap();
+    send(
+        &mut conn,
+        "POST /v1/tasks/noop/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let response = read_response(&mut conn, secs(3)).await.unwrap();
+    assert_eq!(response.status, 413, "{}", response.body_text());
+    let body: Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.body_limit"),
+        "{body}"
+    );
+    assert!(response.closes(), "{:?}", response.headers);
+    wait_closed(&mut conn, secs(3)).await.unwrap();
+}
+
+/// Finding 14: a body that stalls is answered 408 after `http.body_read_timeout` (not 503
+/// after `http.request_timeout`), and the connection is closed.
+#[tokio::test]
+async fn a_stalled_body_is_408_after_body_read_timeout() {
+    let app = Shiftd::builder()
+        .set("http.body_read_timeout", "500ms")
+        .toml(NOOP_TASK)
+        .start()
+        .await;
+    let mut conn = connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    send(
+        &mut conn,
+        "POST /v1/tasks/noop/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"params\":",
+    )
+    .await
+    .unwrap();
+    let response = read_response(&mut conn, secs(5)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status, 408, "{}", response.body_text());
+    let body: Value = serde_json::from_slice(&response.body).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.body_read_timeout"),
+        "{body}"
+    );
+    assert!(response.closes(), "{:?}", response.headers);
+    assert!(took >= millis(400) && took < secs(4), "{took:?}");
+
+    // A complete body on a new connection still works.
+    let (status, job) = post_job(app.addr, None, "noop", None, json!({})).await;
+    assert_eq!(status, 202, "{job}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Finding 16: braces in argv.
 // ---------------------------------------------------------------------------------------
 
