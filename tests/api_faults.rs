@@ -78,6 +78,93 @@ async fn wait_final(addr: SocketAddr, token: Option<&str>, id: i64, timeout: Dur
 }
 
 // ---------------------------------------------------------------------------------------
+// Finding 11: secrets.
+// ---------------------------------------------------------------------------------------
+
+/// Finding 11: `shiftd check` (run by the unit at every reload, into the journal) prints
+/// no database password, password query parameter or task environment value.
+#[tokio::test]
+async fn check_prints_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shiftd.toml");
+    std::fs::write(
+        &path,
+        r#"[database]
+url = "postgres://u:hunter2hunter2@h/db?password=s3cr3tpw"
+[tasks.t]
+command = ["/bin/true"]
+env = { API_KEY = "topsecretvalue" }
+[[auth.tokens]]
+name = "ci"
+secret = "tokensecret0123456789"
+tasks = ["t"]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .arg("--skip-unit")
+        .env_clear()
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    for secret in [
+        "hunter2hunter2",
+        "s3cr3tpw",
+        "topsecretvalue",
+        "tokensecret0123456789",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    assert!(
+        printed.contains("API_KEY"),
+        "env keys are shown:\n{printed}"
+    );
+    assert!(
+        printed.contains("postgres://u:<redacted>@h/db"),
+        "{printed}"
+    );
+}
+
+/// Finding 11: the unauthenticated `/v1/status` (and the log) show the database without
+/// the password of its URL or of its `?password=` parameter.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_log_show_no_database_password() {
+    let db = TestDatabase::create().await;
+    // The server trusts local connections, so the password is accepted and ignored.
+    let with_secrets = db.url.replacen(
+        "postgres://postgres@",
+        "postgres://postgres:hunter2hunter2@",
+        1,
+    ) + "?password=s3cr3tpw";
+    assert!(with_secrets.contains("hunter2hunter2"), "{with_secrets}");
+    let app = Shiftd::builder()
+        .set("database.url", with_secrets)
+        .start()
+        .await;
+    let (status, text) = get_as(app.addr, None, "/v1/status").await;
+    assert_eq!(status, 200, "{text}");
+    for secret in ["hunter2hunter2", "s3cr3tpw"] {
+        assert!(!text.contains(secret), "{secret} in /v1/status: {text}");
+        assert!(
+            !app.stderr.contains(secret),
+            "{secret} logged:\n{}",
+            app.stderr.dump()
+        );
+    }
+    assert!(
+        text.contains(&db.name),
+        "the location is still shown: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Finding 12: parameter rules.
 // ---------------------------------------------------------------------------------------
 
