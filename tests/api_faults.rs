@@ -301,6 +301,65 @@ async fn a_stalled_body_is_408_after_body_read_timeout() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Finding 15: /metrics.
+// ---------------------------------------------------------------------------------------
+
+/// True for a log line of the statement that counts every job by task and state (not the
+/// runner's count of active jobs, which has a WHERE).
+fn is_count_statement(line: &str) -> bool {
+    line.contains("GROUP BY task, state") && !line.contains("WHERE state IN")
+}
+
+/// Finding 15: 20 concurrent scrapes make at most one `GROUP BY` over the jobs (sqlx logs
+/// each statement at debug).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_scrapes_share_one_count() {
+    let app = Shiftd::builder()
+        .set("log.level", "sqlx=debug,info")
+        .toml(NOOP_TASK)
+        .start()
+        .await;
+    let before = app
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| is_count_statement(&l.text))
+        .count();
+    let scrapes: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = app.addr;
+            tokio::spawn(async move { get_as(addr, None, "/metrics").await })
+        })
+        .collect();
+    for scrape in scrapes {
+        let (status, text) = scrape.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("shiftd_http_requests"), "{text}");
+    }
+    // A marker: once the line of a job started after the scrapes is read, every line the
+    // scrapes wrote has been read too (one pipe, in order).
+    let (status, job) = post_job(app.addr, None, "noop", None, json!({})).await;
+    assert_eq!(status, 202, "{job}");
+    app.stderr
+        .wait_for("the marker job's line", secs(10), |l| {
+            l.text.contains("job queued") && l.text.contains(&format!("job={}", job["id"]))
+        })
+        .await;
+    let counts = app
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| is_count_statement(&l.text))
+        .count()
+        - before;
+    assert!(
+        counts <= 1,
+        "{counts} GROUP BY statements for 20 scrapes:\n{}",
+        app.stderr.dump()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Finding 16: braces in argv.
 // ---------------------------------------------------------------------------------------
 
