@@ -7,11 +7,16 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
+
+const TOKEN_A: &str = "token-a-0123456789abcdef";
+const TOKEN_B: &str = "token-b-0123456789abcdef";
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -75,6 +80,196 @@ async fn wait_final(addr: SocketAddr, token: Option<&str>, id: i64, timeout: Dur
         );
         tokio::time::sleep(millis(50)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 8: idempotency keys.
+// ---------------------------------------------------------------------------------------
+
+/// Finding 8a: the same Idempotency-Key with other parameters is refused (422) and names
+/// the job the key belongs to; with the same parameters it still returns that job (200).
+#[tokio::test]
+async fn an_idempotency_key_reused_with_other_params_is_422() {
+    let app = Shiftd::builder()
+        .toml(
+            r#"[tasks.echo]
+command = ["/bin/echo", "{who}"]
+params = { who = "[a-z]+" }"#,
+        )
+        .start()
+        .await;
+    let (status, first) = post_job(
+        app.addr,
+        None,
+        "echo",
+        Some("k"),
+        json!({"params": {"who": "ann"}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_i64().unwrap();
+    let (status, again) = post_job(
+        app.addr,
+        None,
+        "echo",
+        Some("k"),
+        json!({"params": {"who": "ann"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], id);
+    let (status, refused) = post_job(
+        app.addr,
+        None,
+        "echo",
+        Some("k"),
+        json!({"params": {"who": "bob"}}),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"], "unprocessable_entity");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("Idempotency-Key `k`")
+            && message.contains(&format!("job {id}"))
+            && message.contains("new key"),
+        "{message}"
+    );
+}
+
+/// Finding 8b: keys are scoped by token, so token B sending token A's key makes its own
+/// job instead of receiving A's.
+#[tokio::test]
+async fn idempotency_keys_of_two_tokens_never_meet() {
+    let app = Shiftd::builder()
+        .toml(&format!(
+            r#"[[auth.tokens]]
+name = "a"
+secret = "{TOKEN_A}"
+tasks = ["*"]
+[[auth.tokens]]
+name = "b"
+secret = "{TOKEN_B}"
+tasks = ["*"]
+[tasks.echo]
+command = ["/bin/echo", "{{who}}"]
+params = {{ who = "[a-z]+" }}"#
+        ))
+        .start()
+        .await;
+    let body = json!({"params": {"who": "ann"}});
+    let (status, a) = post_job(
+        app.addr,
+        Some(TOKEN_A),
+        "echo",
+        Some("shared"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "{a}");
+    let (status, b) = post_job(
+        app.addr,
+        Some(TOKEN_B),
+        "echo",
+        Some("shared"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 202, "token b gets its own job: {b}");
+    assert_ne!(a["id"], b["id"]);
+    let (status, a_again) = post_job(app.addr, Some(TOKEN_A), "echo", Some("shared"), body).await;
+    assert_eq!(status, 200, "{a_again}");
+    assert_eq!(a_again["id"], a["id"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 10: reads scoped by task.
+// ---------------------------------------------------------------------------------------
+
+/// Finding 10: a token allowed only task `a` cannot read, list, follow or cancel jobs of
+/// task `b` (404 exactly as for a missing job), nor see task `b` in `GET /v1/tasks`.
+#[tokio::test]
+async fn a_token_reads_only_jobs_of_its_own_tasks() {
+    let app = Shiftd::builder()
+        .toml(&format!(
+            r#"[[auth.tokens]]
+name = "a"
+secret = "{TOKEN_A}"
+tasks = ["a"]
+[[auth.tokens]]
+name = "b"
+secret = "{TOKEN_B}"
+tasks = ["b"]
+[tasks.a]
+command = ["/bin/true"]
+[tasks.b]
+command = ["/bin/sh", "-c", "echo private output"]"#
+        ))
+        .start()
+        .await;
+    let addr = app.addr;
+    let (status, own) = post_job(addr, Some(TOKEN_A), "a", None, json!({})).await;
+    assert_eq!(status, 202, "{own}");
+    let (status, other) = post_job(addr, Some(TOKEN_B), "b", None, json!({})).await;
+    assert_eq!(status, 202, "{other}");
+    let b_id = other["id"].as_i64().unwrap();
+    wait_final(addr, Some(TOKEN_B), b_id, secs(10)).await;
+
+    let missing = 99_999_999;
+    let (status, text) = get_as(addr, Some(TOKEN_A), &format!("/v1/jobs/{missing}")).await;
+    assert_eq!(status, 404, "{text}");
+    let missing_message = serde_json::from_str::<Value>(&text).unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .replace(&missing.to_string(), "ID");
+    for path in [format!("/v1/jobs/{b_id}"), format!("/v1/jobs/{b_id}/log")] {
+        let (status, text) = get_as(addr, Some(TOKEN_A), &path).await;
+        assert_eq!(status, 404, "GET {path}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .replace(&b_id.to_string(), "ID"),
+            missing_message,
+            "the same answer as a missing job"
+        );
+        assert!(!text.contains("private output"), "{text}");
+    }
+    let r = client()
+        .post(url(addr, &format!("/v1/jobs/{b_id}/cancel")))
+        .bearer_auth(TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    for path in ["/v1/jobs?task=b", "/v1/jobs"] {
+        let (status, text) = get_as(addr, Some(TOKEN_A), path).await;
+        assert_eq!(status, 200, "{text}");
+        let page: Value = serde_json::from_str(&text).unwrap();
+        let tasks: Vec<&str> = page["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["task"].as_str().unwrap())
+            .collect();
+        assert!(tasks.iter().all(|t| *t == "a"), "GET {path}: {page}");
+    }
+    let (_, text) = get_as(addr, Some(TOKEN_A), "/v1/tasks").await;
+    let names: Vec<String> = serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["a"], "{text}");
+
+    // The owner still reads its job.
+    let (status, text) = get_as(addr, Some(TOKEN_B), &format!("/v1/jobs/{b_id}/log")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("private output"), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -387,4 +582,91 @@ env = { HOME = "/home-of-the-test" }"#,
         log.lines().any(|l| l == "/home-of-the-test {x} {name}"),
         "{log}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding 13: database faults.
+// ---------------------------------------------------------------------------------------
+
+/// Finding 13: while every backend of the database is terminated every few milliseconds,
+/// 200 requests (read a job, list, start with an Idempotency-Key) are each answered 2xx
+/// or 503, never 500; reads are retried once on a lost connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn terminated_backends_never_give_500() {
+    let db = TestDatabase::create().await;
+    let app = Shiftd::builder()
+        .set("database.url", db.url.clone())
+        .toml(NOOP_TASK)
+        .start()
+        .await;
+    let addr = app.addr;
+    let (status, job) = post_job(addr, None, "noop", None, json!({})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_i64().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        let name = db.name.clone();
+        tokio::spawn(async move {
+            use sqlx::Connection;
+            let admin_url =
+                std::env::var("PG_TEST_URL").unwrap_or_else(|_| DEFAULT_PG_TEST_URL.into());
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+            let mut killed = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let rows = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                    .bind(&name)
+                    .fetch_all(&mut admin)
+                    .await
+                    .unwrap();
+                killed += rows.len();
+                tokio::time::sleep(millis(3)).await;
+            }
+            killed
+        })
+    };
+
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let c = client();
+                let r = match i % 3 {
+                    0 => c.get(url(addr, &format!("/v1/jobs/{id}"))).send().await,
+                    1 => c.get(url(addr, "/v1/jobs?limit=5")).send().await,
+                    _ => {
+                        c.post(url(addr, "/v1/tasks/noop/jobs"))
+                            .header("idempotency-key", format!("key-{}", i % 10))
+                            .json(&json!({}))
+                            .send()
+                            .await
+                    }
+                };
+                let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
+                let status = r.status().as_u16();
+                (i, status, r.text().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let killed = killer.await.unwrap();
+    assert!(
+        killed > 0,
+        "no backend was terminated: the test proved nothing"
+    );
+    let bad: Vec<_> = answers
+        .iter()
+        .filter(|(_, status, _)| !((200..300).contains(status) || *status == 503))
+        .collect();
+    let unavailable = answers.iter().filter(|(_, s, _)| *s == 503).count();
+    assert!(
+        bad.is_empty(),
+        "{} of 200 answers were neither 2xx nor 503 ({unavailable} were 503, {killed} backends killed): {bad:#?}",
+        bad.len()
+    );
+    eprintln!("{unavailable} of 200 answers were 503; {killed} backends killed");
 }

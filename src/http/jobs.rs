@@ -1,6 +1,7 @@
 //! The jobs API: start, read, list, cancel, follow the log, list tasks.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -11,8 +12,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
+use crate::dbfault::{classify, FaultKind};
 use crate::jobs::{Job, JobPage, JobState, ListFilter};
 
 /// Lines of output included in `GET /v1/jobs/{id}`.
@@ -88,13 +91,31 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+/// Runs a read, and runs it once more when it failed because the database connection was
+/// lost (a PostgreSQL backend terminated mid-request, a restarted server): a read is safe
+/// to repeat, and the pool hands the second try a fresh connection.
+async fn read<T, F, Fut>(query: F) -> Result<T, sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    match query().await {
+        Err(e) if classify(&e).is_some_and(|f| f.kind == FaultKind::Unavailable) => {
+            tracing::debug!(error = %e, "a read lost its database connection; trying it once more");
+            query().await
+        }
+        done => done,
+    }
+}
+
+/// The job `raw_id`, if the caller may see it. A job of a task the caller may not use is
+/// "no job", exactly as a missing one, so ids say nothing about other tasks' jobs.
+async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job, ApiError> {
     let id = parse_id(raw_id)?;
-    state
-        .jobs
-        .store
-        .get(id)
+    let store = &state.jobs.store;
+    read(|| store.get(id))
         .await?
+        .filter(|job| caller.allows(&job.task))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
@@ -105,7 +126,7 @@ async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     tag = "jobs",
     params(
         ("task" = String, Path, description = "Task name"),
-        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key within 24 h returns the same job (200)")
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key and parameters within 24 h returns the same job (200); the same key with other parameters is refused (422). Keys are per token.")
     ),
     request_body(content = CreateJob, description = "Parameters (the body may be empty)"),
     responses(
@@ -116,7 +137,7 @@ async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
         (status = 403, description = "Token may not start this task", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Parameters refused", body = ErrorBody),
+        (status = 422, description = "Parameters refused, or the Idempotency-Key was used with other parameters", body = ErrorBody),
         (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
     ),
     security((), ("bearer" = []))
@@ -173,6 +194,13 @@ pub async fn create_job(
             caller.name.as_deref(),
         )
         .await?;
+    if !created && job.params != params {
+        return Err(ApiError::Unprocessable(format!(
+            "Idempotency-Key `{}` was used for job {} with different parameters; use a new key",
+            key.unwrap_or_default(),
+            job.id
+        )));
+    }
     if created {
         state.jobs.runner.wake();
         tracing::info!(job = job.id, task = %task_name, token = caller.name.as_deref().unwrap_or("-"), "job queued");
@@ -209,9 +237,10 @@ pub async fn get_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<JobView>, ApiError> {
-    state.auth().authenticate(&headers)?;
-    let job = load_job(&state, &id).await?;
-    let output_tail = state.jobs.store.output_tail(job.id, TAIL_LINES).await?;
+    let caller = state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id, &caller).await?;
+    let store = &state.jobs.store;
+    let output_tail = read(|| store.output_tail(job.id, TAIL_LINES)).await?;
     Ok(Json(JobView { job, output_tail }))
 }
 
@@ -229,7 +258,7 @@ pub async fn list_jobs(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<JobPage>, ApiError> {
-    state.auth().authenticate(&headers)?;
+    let caller = state.auth().authenticate(&headers)?;
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(raw) => raw
@@ -256,11 +285,13 @@ pub async fn list_jobs(
     };
     let filter = ListFilter {
         task: q.task,
+        tasks: caller.readable_tasks().map(<[String]>::to_vec),
         state: state_filter,
         before_id,
         limit,
     };
-    Ok(Json(state.jobs.store.list(&filter).await?))
+    let store = &state.jobs.store;
+    Ok(Json(read(|| store.list(&filter)).await?))
 }
 
 /// Cancel a job: a queued one never runs; a running one is stopped.
@@ -285,7 +316,7 @@ pub async fn cancel_job(
     headers: HeaderMap,
 ) -> Result<Json<Job>, ApiError> {
     let caller = state.auth().authenticate(&headers)?;
-    let job = load_job(&state, &id).await?;
+    let job = load_job(&state, &id, &caller).await?;
     caller.may_use(&job.task)?;
     if job.state.is_final() {
         return Err(ApiError::Conflict(format!(
@@ -329,8 +360,8 @@ pub async fn job_log(
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.auth().authenticate(&headers)?;
-    let job = load_job(&state, &id).await?;
+    let caller = state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id, &caller).await?;
     let follow = match q.follow.as_deref() {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") => true,
@@ -422,7 +453,7 @@ fn follow_stream(
     )
 }
 
-/// The configured tasks.
+/// The configured tasks this caller may use.
 #[utoipa::path(
     get,
     path = "/v1/tasks",
@@ -434,11 +465,12 @@ pub async fn list_tasks(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
-    state.auth().authenticate(&headers)?;
+    let caller = state.auth().authenticate(&headers)?;
     let tasks = state.tasks();
     Ok(Json(
         tasks
             .values()
+            .filter(|t| caller.allows(&t.name))
             .map(|t| TaskView {
                 name: t.name.clone(),
                 command: t.config.command.clone(),
@@ -451,4 +483,46 @@ pub async fn list_tasks(
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `read` over a query that fails with `first` once and then succeeds; returns the
+    /// result and how many times the query ran.
+    async fn read_after(first: sqlx::Error) -> (Result<u8, sqlx::Error>, usize) {
+        let calls = AtomicUsize::new(0);
+        let first = std::sync::Mutex::new(Some(first));
+        let result = read(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let failure = first.lock().unwrap().take();
+            async move {
+                match failure {
+                    Some(e) => Err(e),
+                    None => Ok(7),
+                }
+            }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    /// Finding 13: a read that lost its connection is run once more and succeeds.
+    #[tokio::test]
+    async fn a_read_that_lost_its_connection_is_retried_once() {
+        let lost = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let (result, calls) = read_after(lost).await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls, 2);
+    }
+
+    /// Finding 13: other errors are not retried (a statement's own failure would fail again).
+    #[tokio::test]
+    async fn other_read_errors_are_not_retried() {
+        let (result, calls) = read_after(sqlx::Error::RowNotFound).await;
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+    }
 }
