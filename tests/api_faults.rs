@@ -585,6 +585,108 @@ env = { HOME = "/home-of-the-test" }"#,
 }
 
 // ---------------------------------------------------------------------------------------
+// Log paging (finding 5, HTTP part).
+// ---------------------------------------------------------------------------------------
+
+/// A finished job that printed `1`..=`2500`, one per line.
+async fn long_log_job() -> (Shiftd, i64) {
+    let app = Shiftd::builder()
+        .set("jobs.poll_interval", "100ms")
+        .set("jobs.log_flush_interval", "100ms")
+        .toml(
+            r#"[tasks.long]
+command = ["/bin/sh", "-c", "seq 1 2500"]"#,
+        )
+        .start()
+        .await;
+    let (status, job) = post_job(app.addr, None, "long", None, json!({})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let job = wait_final(app.addr, None, id, secs(20)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    (app, id)
+}
+
+fn numbers(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+/// Log paging: `?after=SEQ&limit=N` gives pages of at most N lines, each full page with a
+/// `Link: <...>; rel="next"` header, the last page without; together they are the log.
+#[tokio::test]
+async fn the_log_pages_with_link_headers() {
+    let (app, id) = long_log_job().await;
+    let (_, whole) = get_as(app.addr, None, &format!("/v1/jobs/{id}/log")).await;
+    let mut next = Some(format!("/v1/jobs/{id}/log?after=0&limit=1000"));
+    let mut pages = Vec::new();
+    while let Some(path) = next.take() {
+        assert!(pages.len() < 10, "the pages never end: {pages:?}");
+        let r = client().get(url(app.addr, &path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        next = r.headers().get("link").map(|link| {
+            let link = link.to_str().unwrap();
+            assert!(link.ends_with(">; rel=\"next\""), "{link}");
+            assert!(link.contains("&limit=1000"), "{link}");
+            link.trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap()
+                .to_string()
+        });
+        let text = r.text().await.unwrap();
+        let lines = text.lines().count();
+        assert!(lines <= 1000, "{path}: {lines} lines");
+        if next.is_some() {
+            assert_eq!(lines, 1000, "{path}: a page with a next link is full");
+        }
+        pages.push(text);
+    }
+    assert!(
+        pages.len() >= 3,
+        "2500 lines and more make 3 pages: {}",
+        pages.len()
+    );
+    assert_eq!(
+        pages.concat(),
+        whole,
+        "the pages together are the whole log"
+    );
+    assert_eq!(numbers(&whole), (1..=2500).collect::<Vec<_>>());
+
+    for bad in ["limit=0", "limit=10001", "limit=x", "after=-1"] {
+        let (status, text) = get_as(app.addr, None, &format!("/v1/jobs/{id}/log?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+    }
+}
+
+/// Log paging: without `limit` the whole log streams (chunked, read from the database a
+/// page at a time) instead of being built in memory first.
+#[tokio::test]
+async fn the_whole_log_streams() {
+    let (app, id) = long_log_job().await;
+    let mut conn = connect(app.addr).await.unwrap();
+    send(
+        &mut conn,
+        &format!("GET /v1/jobs/{id}/log HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    let response = read_response(&mut conn, secs(10)).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("transfer-encoding"),
+        Some("chunked"),
+        "{:?}",
+        response.headers
+    );
+    assert_eq!(response.header("content-length"), None);
+    assert_eq!(
+        numbers(&response.body_text()),
+        (1..=2500).collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Finding 13: database faults.
 // ---------------------------------------------------------------------------------------
 

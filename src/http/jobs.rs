@@ -16,12 +16,17 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::dbfault::{classify, FaultKind};
-use crate::jobs::{Job, JobPage, JobState, ListFilter};
+use crate::jobs::{Job, JobPage, JobState, ListFilter, OutputLine};
 
 /// Lines of output included in `GET /v1/jobs/{id}`.
 const TAIL_LINES: i64 = 20;
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Lines read from the database at a time when a whole log streams: what one response
+/// holds in memory, however long the log.
+const LOG_PAGE_LINES: i64 = 1000;
+/// Largest `limit` of a log page.
+const MAX_LOG_LIMIT: i64 = 10_000;
 
 /// The body of a start request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -81,6 +86,12 @@ pub struct ListQuery {
 pub struct LogQuery {
     /// `1` or `true`: keep the response open and send new lines until the job ends.
     pub follow: Option<String>,
+    /// Only lines after this sequence number (0, the default: from the first line). A page
+    /// ends at the `after` of its `Link: rel="next"`.
+    pub after: Option<String>,
+    /// At most this many lines, 1 to 10000. A full page has a `Link` header to the next
+    /// one; the last page has none. Without `limit` the whole log streams.
+    pub limit: Option<String>,
 }
 
 fn parse_id(raw: &str) -> Result<i64, ApiError> {
@@ -340,14 +351,17 @@ pub async fn cancel_job(
     Ok(Json(job))
 }
 
-/// A job's output as text; with `follow=1`, new lines stream until the job ends.
+/// A job's output as text, one line per line. The whole log streams from the database a
+/// page at a time; `after` and `limit` give one page; with `follow=1`, new lines stream
+/// until the job ends.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}/log",
     tag = "jobs",
     params(("id" = String, Path, description = "Job id"), LogQuery),
     responses(
-        (status = 200, description = "Output lines", content_type = "text/plain", body = String),
+        (status = 200, description = "Output lines", content_type = "text/plain", body = String,
+            headers(("Link" = String, description = "With `limit`, when the page is full: `</v1/jobs/ID/log?after=SEQ&limit=N>; rel=\"next\"`, the next page. Absent on the last page."))),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)
@@ -371,28 +385,99 @@ pub async fn job_log(
             )))
         }
     };
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "after `{raw}` must be a line sequence number (0 or more)"
+            ))
+        })?,
+    };
+    let limit = match q.limit.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LOG_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit `{raw}` must be a number from 1 to {MAX_LOG_LIMIT}"
+                    ))
+                })?,
+        ),
+    };
+    if follow && limit.is_some() {
+        return Err(ApiError::BadRequest(
+            "follow and limit cannot be combined; page with after and limit, or follow from after"
+                .into(),
+        ));
+    }
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    if !follow {
+    let store = state.jobs.store.clone();
+    if let Some(limit) = limit {
+        let lines = read(|| store.output(job.id, after, limit)).await?;
         let mut body = String::new();
-        let mut after = 0;
-        loop {
-            let lines = state.jobs.store.output(job.id, after, 1000).await?;
-            let Some(last) = lines.last() else { break };
-            after = last.seq;
-            push_lines(&mut body, &lines);
+        push_lines(&mut body, &lines);
+        let mut response = (text, body).into_response();
+        if let Some(last) = lines.last().filter(|_| lines.len() as i64 == limit) {
+            let next = format!(
+                "</v1/jobs/{}/log?after={}&limit={limit}>; rel=\"next\"",
+                job.id, last.seq
+            );
+            if let Ok(value) = header::HeaderValue::from_str(&next) {
+                response.headers_mut().insert(header::LINK, value);
+            }
         }
-        return Ok((text, body).into_response());
+        return Ok(response);
+    }
+    if !follow {
+        // The first page before the answer, so a database that is down is a 503 rather
+        // than a 200 whose body breaks off.
+        let first = read(|| store.output(job.id, after, LOG_PAGE_LINES)).await?;
+        return Ok((text, Body::from_stream(log_pages(store, job.id, first))).into_response());
     }
     Ok((
         text,
         [(header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(follow_stream(state, job.id)),
+        Body::from_stream(follow_stream(state, job.id, after)),
     )
         .into_response())
 }
 
+/// A whole log, a page of [`LOG_PAGE_LINES`] at a time from the database, starting with
+/// `first` (already read): memory stays at one page however long the log.
+fn log_pages(
+    store: crate::jobs::Store,
+    job_id: i64,
+    first: Vec<OutputLine>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold(Some(first), move |page| {
+        let store = store.clone();
+        async move {
+            let lines = page?;
+            let last = lines.last()?.seq;
+            let mut chunk = String::new();
+            push_lines(&mut chunk, &lines);
+            let next = if (lines.len() as i64) < LOG_PAGE_LINES {
+                Some(Vec::new())
+            } else {
+                match read(|| store.output(job_id, last, LOG_PAGE_LINES)).await {
+                    Ok(next) => Some(next),
+                    Err(e) => {
+                        // The head is sent: all that is left is to break the body off, so
+                        // the client sees an incomplete response, not a short log.
+                        tracing::warn!(job = job_id, error = %e, "reading the log failed mid-response");
+                        return Some((Err(std::io::Error::other(e)), None));
+                    }
+                }
+            };
+            Some((Ok(Bytes::from(chunk)), next))
+        }
+    })
+}
+
 /// Appends output lines as text, one per line.
-fn push_lines(text: &mut String, lines: &[crate::jobs::OutputLine]) {
+fn push_lines(text: &mut String, lines: &[OutputLine]) {
     for l in lines {
         text.push_str(&l.line);
         text.push('\n');
@@ -404,6 +489,7 @@ fn push_lines(text: &mut String, lines: &[crate::jobs::OutputLine]) {
 fn follow_stream(
     state: AppState,
     job_id: i64,
+    after: i64,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let poll = state
         .config()
@@ -411,7 +497,7 @@ fn follow_stream(
         .log_flush_interval
         .max(Duration::from_millis(100));
     futures::stream::unfold(
-        (state, 0i64, false),
+        (state, after, false),
         move |(state, after, ended)| async move {
             if ended {
                 return None;
