@@ -44,7 +44,9 @@ pub fn run(path: Option<&Path>, options: Options) -> u8 {
     say(&format!(
         "# shiftd check: configuration from {source} (plus SHIFTD_* overrides) is valid"
     ));
-    match toml::to_string_pretty(&config) {
+    // The unit runs this at every reload, so what is printed reaches the journal: show a
+    // copy without passwords, environment values or token secrets.
+    match toml::to_string_pretty(&crate::redact::config(&config)) {
         Ok(text) => say(&text),
         Err(e) => say(&format!("# (cannot render the settings: {e})")),
     }

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the packaged configuration lives; used when `--config` is not given and the file exists.
@@ -71,6 +70,9 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// Largest request body accepted, e.g. "1MiB" or a number of bytes.
     pub body_limit: ByteSize,
+    /// Longest time a client may take to send a request body; a slower one is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +82,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             body_limit: ByteSize(1024 * 1024),
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -291,7 +294,8 @@ pub enum OnShutdown {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskConfig {
-    /// argv; `{name}` may stand only as a whole argument and is replaced by that parameter.
+    /// argv. An argument that is exactly `{name}` is replaced by that parameter; `{{name}}`
+    /// is the literal `{name}`; every other brace is literal (`sh -c 'echo ${HOME}'` works).
     pub command: Vec<String>,
     /// Allowed parameters, each with the regex its value must match in full.
     pub params: BTreeMap<String, String>,
@@ -516,6 +520,7 @@ impl Config {
         })?;
         positive("http.request_timeout", self.http.request_timeout)?;
         positive("http.header_read_timeout", self.http.header_read_timeout)?;
+        positive("http.body_read_timeout", self.http.body_read_timeout)?;
         if self.http.body_limit.0 == 0 {
             return Err(ConfigError::new(
                 "http.body_limit",
@@ -641,37 +646,24 @@ impl TaskConfig {
                 "must be a non-empty argv array like [\"/usr/bin/backup\", \"{target}\"]",
             ));
         };
-        if program.contains('{') {
+        if placeholder(program).is_some() {
             return Err(ConfigError::new(
                 key("command"),
                 "the program (first element) cannot be a parameter",
             ));
         }
         for arg in &self.command {
-            match placeholder(arg) {
-                Some(param) if !self.params.contains_key(param) => {
+            if let Some(param) = placeholder(arg) {
+                if !self.params.contains_key(param) {
                     return Err(ConfigError::new(
                         key("command"),
-                        format!("uses `{{{param}}}` but `params` has no `{param}`"),
+                        format!("uses `{{{param}}}` but `params` has no `{param}`; add it to `params`, or write `{{{{{param}}}}}` for the literal text `{{{param}}}`"),
                     ));
                 }
-                None if arg.contains('{') || arg.contains('}') => {
-                    return Err(ConfigError::new(
-                        key("command"),
-                        format!("`{arg}`: a parameter may only stand as a whole argument, like \"{{name}}\""),
-                    ));
-                }
-                _ => {}
             }
         }
-        for (param, pattern) in &self.params {
-            Regex::new(pattern).map_err(|e| {
-                ConfigError::new(
-                    key(&format!("params.{param}")),
-                    format!("not a valid regex: {e}"),
-                )
-            })?;
-        }
+        // The same compilation serving uses, so a rule that passes here cannot fail there.
+        crate::jobs::Task::new(name, self)?;
         positive(&key("timeout"), self.timeout)?;
         if self.concurrency == 0 {
             return Err(ConfigError::new(key("concurrency"), "must be at least 1"));
@@ -694,6 +686,13 @@ pub fn placeholder(arg: &str) -> Option<&str> {
     let inner = arg.strip_prefix('{')?.strip_suffix('}')?;
     (!inner.is_empty() && inner.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .then_some(inner)
+}
+
+/// `{{name}}` as a whole argument gives `Some("{name}")`: the escape for an argument that
+/// must be the literal text of a placeholder.
+pub fn unescape_placeholder(arg: &str) -> Option<&str> {
+    let inner = arg.strip_prefix('{')?.strip_suffix('}')?;
+    placeholder(inner).map(|_| inner)
 }
 
 fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
@@ -797,14 +796,39 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_must_be_whole_arguments() {
+    fn placeholders_are_whole_arguments() {
+        // Only a whole argument is a parameter; braces elsewhere are literal text.
         let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"--to={who}\"]\nparams = { who = \"^[a-z]+$\" }\n";
-        assert_eq!(load(toml, &[]).unwrap_err().key, "tasks.t.command");
+        load(toml, &[]).unwrap();
         let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\n";
         assert!(load(toml, &[]).unwrap_err().message.contains("params"));
         let toml =
             "[tasks.t]\ncommand = [\"/bin/echo\", \"{who}\"]\nparams = { who = \"^[a-z]+$\" }\n";
         load(toml, &[]).unwrap();
+    }
+
+    /// Finding 16: braces inside an argument are literal, so a shell snippet is a valid task,
+    /// and `{{name}}` needs no parameter.
+    #[test]
+    fn shell_braces_and_escaped_placeholders_validate() {
+        let toml =
+            "[tasks.t]\ncommand = [\"/bin/sh\", \"-c\", \"echo ${HOME} {x}\", \"{{name}}\"]\n";
+        load(toml, &[]).unwrap();
+    }
+
+    /// Finding 12: validation compiles rules as serving does; a bad rule names its key.
+    #[test]
+    fn bad_rules_are_named_and_verbose_rules_pass() {
+        let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{n}\"]\nparams = { n = \"[a-\" }\n";
+        assert_eq!(load(toml, &[]).unwrap_err().key, "tasks.t.params.n");
+        let toml = "[tasks.t]\ncommand = [\"/bin/echo\", \"{n}\"]\nparams = { n = \"(?x)[a-z]+ # comment\" }\n";
+        load(toml, &[]).unwrap();
+    }
+
+    #[test]
+    fn body_read_timeout_must_be_positive() {
+        let e = load("[http]\nbody_read_timeout = \"0s\"\n", &[]).unwrap_err();
+        assert_eq!(e.key, "http.body_read_timeout", "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
-    /// Where the data lives, with any password removed; for logs and status.
+    /// Where the data lives, with passwords redacted (`crate::redact::url`); for logs and status.
     pub location: String,
     /// The storage fault the last write ran into, until a write commits again.
     pub health: std::sync::Arc<crate::dbfault::StorageHealth>,
@@ -31,11 +31,9 @@ pub enum DbError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot connect to {location}: {source}")]
-    Connect {
-        location: String,
-        source: sqlx::Error,
-    },
+    /// `message` is the driver's error with any secret of the URL redacted.
+    #[error("cannot connect to {location}: {message}")]
+    Connect { location: String, message: String },
     #[error("migrating {location} failed: {source}; the database may have been changed by hand or by a newer shiftd")]
     Migrate {
         location: String,
@@ -78,18 +76,6 @@ pub fn effective_url(cfg: &DatabaseConfig, backend: Backend) -> Result<String, D
     Ok(format!("sqlite://{}", path.display()))
 }
 
-/// Removes a password from a URL for display.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Connects (bounded by `connect_timeout`) and checks the database answers.
 pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbError> {
     sqlx::any::install_default_drivers();
@@ -97,10 +83,10 @@ pub async fn connect(cfg: &DatabaseConfig, backend: Backend) -> Result<Db, DbErr
     if backend == Backend::Sqlite && !url.contains('?') {
         url.push_str("?mode=rwc");
     }
-    let location = redact(&url);
-    let connect_err = |source| DbError::Connect {
+    let location = crate::redact::url(&url);
+    let connect_err = |source: sqlx::Error| DbError::Connect {
         location: location.clone(),
-        source,
+        message: crate::redact::in_text(&source.to_string(), &url),
     };
     let options = AnyConnectOptions::from_str(&url).map_err(connect_err)?;
     // One direct connection first: a pool retries quietly until its timeout and then
@@ -193,22 +179,4 @@ pub struct PoolStats {
     pub size: u32,
     pub idle: u32,
     pub max: u32,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app@db:5432/x"
-        );
-        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(
-            redact("sqlite://shiftd-data/shiftd.db"),
-            "sqlite://shiftd-data/shiftd.db"
-        );
-    }
 }

@@ -10,5 +10,6 @@ pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
+pub mod redact;
 pub mod service;
 pub mod unitcheck;

@@ -95,8 +95,8 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
     let state =
         app_state(config, db.clone(), life.handle(), auth).map_err(|e| StartupError::Failed {
-            step: "job runner",
-            message: format!("cannot start the thread that starts jobs: {e}"),
+            step: e.step(),
+            message: e.to_string(),
         })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
@@ -110,13 +110,34 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     Ok(report)
 }
 
+/// Why [`app_state`] could not build the state.
+#[derive(Debug, thiserror::Error)]
+pub enum AppStateError {
+    #[error(transparent)]
+    Tasks(#[from] ConfigError),
+    #[error("cannot start the thread that starts jobs: {0}")]
+    Runner(#[from] std::io::Error),
+}
+
+impl AppStateError {
+    /// The startup step it belongs to.
+    pub fn step(&self) -> &'static str {
+        match self {
+            AppStateError::Tasks(_) => "tasks",
+            AppStateError::Runner(_) => "job runner",
+        }
+    }
+}
+
 /// The state handlers share, with the job runner started. Tests build theirs with it too.
+/// Fails when a task's parameter rule does not compile or the job runner cannot start.
 pub fn app_state(
     config: Config,
     db: Db,
     lifecycle: lifecycle::Handle,
     auth: Auth,
-) -> std::io::Result<AppState> {
+) -> Result<AppState, AppStateError> {
+    let tasks = Task::all(&config.tasks)?;
     let metrics = Arc::new(Metrics::default());
     let store = Store::new(&db);
     let runner = {
@@ -126,7 +147,7 @@ pub fn app_state(
         });
         Runner::start(
             store.clone(),
-            RunnerSettings::from_config(&config),
+            RunnerSettings::from_config(&config, tasks.clone()),
             on_attempt,
         )?
     };
@@ -134,8 +155,9 @@ pub fn app_state(
         lifecycle,
         live: Arc::new(LiveSettings {
             request_timeout: RwLock::new(config.http.request_timeout),
+            body_read_timeout: RwLock::new(config.http.body_read_timeout),
         }),
-        tasks: Swap::new(Task::all(&config.tasks)),
+        tasks: Swap::new(tasks),
         auth: Swap::new(auth),
         jobs: JobsState { store, runner },
         metrics,
@@ -202,7 +224,10 @@ impl Shiftd {
                 );
             }
         }
+        // Everything that can fail comes before the first change, so a refused reload
+        // leaves the previous configuration whole.
         let auth = Auth::from_config(&new.auth)?;
+        let tasks = Task::all(&new.tasks)?;
         if let Some(log) = &self.log {
             log.set_level(&new.log.level).map_err(|m| ConfigError {
                 key: "log.level".into(),
@@ -215,12 +240,18 @@ impl Shiftd {
             .request_timeout
             .write()
             .expect("settings lock poisoned") = new.http.request_timeout;
+        *self
+            .state
+            .live
+            .body_read_timeout
+            .write()
+            .expect("settings lock poisoned") = new.http.body_read_timeout;
         self.state.auth.set(auth);
-        self.state.tasks.set(Task::all(&new.tasks));
+        self.state.tasks.set(tasks.clone());
         self.state
             .jobs
             .runner
-            .reconfigure(RunnerSettings::from_config(&new));
+            .reconfigure(RunnerSettings::from_config(&new, tasks));
         let settings = lifecycle_settings(&new);
         self.state.config.set(new);
         Ok(settings)

@@ -31,12 +31,28 @@ pub struct Caller {
 impl Caller {
     /// May this caller start (or cancel) jobs of `task`?
     pub fn may_use(&self, task: &str) -> Result<(), ApiError> {
-        match &self.tasks {
-            None => Ok(()),
-            Some(tasks) if tasks.iter().any(|t| t == "*" || t == task) => Ok(()),
-            Some(_) => Err(ApiError::Forbidden(format!(
+        if self.allows(task) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
                 "this token may not use task `{task}`"
-            ))),
+            )))
+        }
+    }
+
+    /// True when this caller may use, and so see the jobs of, `task`.
+    pub fn allows(&self, task: &str) -> bool {
+        match &self.tasks {
+            None => true,
+            Some(tasks) => tasks.iter().any(|t| t == "*" || t == task),
+        }
+    }
+
+    /// The tasks whose jobs this caller may read; `None` means every task.
+    pub fn readable_tasks(&self) -> Option<&[String]> {
+        match &self.tasks {
+            Some(tasks) if !tasks.iter().any(|t| t == "*") => Some(tasks),
+            _ => None,
         }
     }
 }

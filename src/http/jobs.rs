@@ -1,6 +1,7 @@
 //! The jobs API: start, read, list, cancel, follow the log, list tasks.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -11,14 +12,21 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
-use crate::jobs::{Job, JobPage, JobState, ListFilter};
+use crate::dbfault::{classify, FaultKind};
+use crate::jobs::{Job, JobPage, JobState, ListFilter, OutputLine};
 
 /// Lines of output included in `GET /v1/jobs/{id}`.
 const TAIL_LINES: i64 = 20;
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Lines read from the database at a time when a whole log streams: what one response
+/// holds in memory, however long the log.
+const LOG_PAGE_LINES: i64 = 1000;
+/// Largest `limit` of a log page.
+const MAX_LOG_LIMIT: i64 = 10_000;
 
 /// The body of a start request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -78,6 +86,12 @@ pub struct ListQuery {
 pub struct LogQuery {
     /// `1` or `true`: keep the response open and send new lines until the job ends.
     pub follow: Option<String>,
+    /// Only lines after this sequence number (0, the default: from the first line). A page
+    /// ends at the `after` of its `Link: rel="next"`.
+    pub after: Option<String>,
+    /// At most this many lines, 1 to 10000. A full page has a `Link` header to the next
+    /// one; the last page has none. Without `limit` the whole log streams.
+    pub limit: Option<String>,
 }
 
 fn parse_id(raw: &str) -> Result<i64, ApiError> {
@@ -88,13 +102,31 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+/// Runs a read, and runs it once more when it failed because the database connection was
+/// lost (a PostgreSQL backend terminated mid-request, a restarted server): a read is safe
+/// to repeat, and the pool hands the second try a fresh connection.
+async fn read<T, F, Fut>(query: F) -> Result<T, sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    match query().await {
+        Err(e) if classify(&e).is_some_and(|f| f.kind == FaultKind::Unavailable) => {
+            tracing::debug!(error = %e, "a read lost its database connection; trying it once more");
+            query().await
+        }
+        done => done,
+    }
+}
+
+/// The job `raw_id`, if the caller may see it. A job of a task the caller may not use is
+/// "no job", exactly as a missing one, so ids say nothing about other tasks' jobs.
+async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job, ApiError> {
     let id = parse_id(raw_id)?;
-    state
-        .jobs
-        .store
-        .get(id)
+    let store = &state.jobs.store;
+    read(|| store.get(id))
         .await?
+        .filter(|job| caller.allows(&job.task))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
 }
 
@@ -105,7 +137,7 @@ async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     tag = "jobs",
     params(
         ("task" = String, Path, description = "Task name"),
-        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key within 24 h returns the same job (200)")
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key and parameters within 24 h returns the same job (200); the same key with other parameters is refused (422). Keys are per token.")
     ),
     request_body(content = CreateJob, description = "Parameters (the body may be empty)"),
     responses(
@@ -116,7 +148,7 @@ async fn load_job(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
         (status = 403, description = "Token may not start this task", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Parameters refused", body = ErrorBody),
+        (status = 422, description = "Parameters refused, or the Idempotency-Key was used with other parameters", body = ErrorBody),
         (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
     ),
     security((), ("bearer" = []))
@@ -173,6 +205,13 @@ pub async fn create_job(
             caller.name.as_deref(),
         )
         .await?;
+    if !created && job.params != params {
+        return Err(ApiError::Unprocessable(format!(
+            "Idempotency-Key `{}` was used for job {} with different parameters; use a new key",
+            key.unwrap_or_default(),
+            job.id
+        )));
+    }
     if created {
         state.jobs.runner.wake();
         tracing::info!(job = job.id, task = %task_name, token = caller.name.as_deref().unwrap_or("-"), "job queued");
@@ -209,9 +248,10 @@ pub async fn get_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<JobView>, ApiError> {
-    state.auth().authenticate(&headers)?;
-    let job = load_job(&state, &id).await?;
-    let output_tail = state.jobs.store.output_tail(job.id, TAIL_LINES).await?;
+    let caller = state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id, &caller).await?;
+    let store = &state.jobs.store;
+    let output_tail = read(|| store.output_tail(job.id, TAIL_LINES)).await?;
     Ok(Json(JobView { job, output_tail }))
 }
 
@@ -229,7 +269,7 @@ pub async fn list_jobs(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<JobPage>, ApiError> {
-    state.auth().authenticate(&headers)?;
+    let caller = state.auth().authenticate(&headers)?;
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(raw) => raw
@@ -256,11 +296,13 @@ pub async fn list_jobs(
     };
     let filter = ListFilter {
         task: q.task,
+        tasks: caller.readable_tasks().map(<[String]>::to_vec),
         state: state_filter,
         before_id,
         limit,
     };
-    Ok(Json(state.jobs.store.list(&filter).await?))
+    let store = &state.jobs.store;
+    Ok(Json(read(|| store.list(&filter)).await?))
 }
 
 /// Cancel a job: a queued one never runs; a running one is stopped.
@@ -285,7 +327,7 @@ pub async fn cancel_job(
     headers: HeaderMap,
 ) -> Result<Json<Job>, ApiError> {
     let caller = state.auth().authenticate(&headers)?;
-    let job = load_job(&state, &id).await?;
+    let job = load_job(&state, &id, &caller).await?;
     caller.may_use(&job.task)?;
     if job.state.is_final() {
         return Err(ApiError::Conflict(format!(
@@ -309,14 +351,17 @@ pub async fn cancel_job(
     Ok(Json(job))
 }
 
-/// A job's output as text; with `follow=1`, new lines stream until the job ends.
+/// A job's output as text, one line per line. The whole log streams from the database a
+/// page at a time; `after` and `limit` give one page; with `follow=1`, new lines stream
+/// until the job ends.
 #[utoipa::path(
     get,
     path = "/v1/jobs/{id}/log",
     tag = "jobs",
     params(("id" = String, Path, description = "Job id"), LogQuery),
     responses(
-        (status = 200, description = "Output lines", content_type = "text/plain", body = String),
+        (status = 200, description = "Output lines", content_type = "text/plain", body = String,
+            headers(("Link" = String, description = "With `limit`, when the page is full: `</v1/jobs/ID/log?after=SEQ&limit=N>; rel=\"next\"`, the next page. Absent on the last page."))),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody)
@@ -329,8 +374,8 @@ pub async fn job_log(
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.auth().authenticate(&headers)?;
-    let job = load_job(&state, &id).await?;
+    let caller = state.auth().authenticate(&headers)?;
+    let job = load_job(&state, &id, &caller).await?;
     let follow = match q.follow.as_deref() {
         None | Some("0") | Some("false") => false,
         Some("1") | Some("true") => true,
@@ -340,28 +385,99 @@ pub async fn job_log(
             )))
         }
     };
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "after `{raw}` must be a line sequence number (0 or more)"
+            ))
+        })?,
+    };
+    let limit = match q.limit.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LOG_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit `{raw}` must be a number from 1 to {MAX_LOG_LIMIT}"
+                    ))
+                })?,
+        ),
+    };
+    if follow && limit.is_some() {
+        return Err(ApiError::BadRequest(
+            "follow and limit cannot be combined; page with after and limit, or follow from after"
+                .into(),
+        ));
+    }
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
-    if !follow {
+    let store = state.jobs.store.clone();
+    if let Some(limit) = limit {
+        let lines = read(|| store.output(job.id, after, limit)).await?;
         let mut body = String::new();
-        let mut after = 0;
-        loop {
-            let lines = state.jobs.store.output(job.id, after, 1000).await?;
-            let Some(last) = lines.last() else { break };
-            after = last.seq;
-            push_lines(&mut body, &lines);
+        push_lines(&mut body, &lines);
+        let mut response = (text, body).into_response();
+        if let Some(last) = lines.last().filter(|_| lines.len() as i64 == limit) {
+            let next = format!(
+                "</v1/jobs/{}/log?after={}&limit={limit}>; rel=\"next\"",
+                job.id, last.seq
+            );
+            if let Ok(value) = header::HeaderValue::from_str(&next) {
+                response.headers_mut().insert(header::LINK, value);
+            }
         }
-        return Ok((text, body).into_response());
+        return Ok(response);
+    }
+    if !follow {
+        // The first page before the answer, so a database that is down is a 503 rather
+        // than a 200 whose body breaks off.
+        let first = read(|| store.output(job.id, after, LOG_PAGE_LINES)).await?;
+        return Ok((text, Body::from_stream(log_pages(store, job.id, first))).into_response());
     }
     Ok((
         text,
         [(header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(follow_stream(state, job.id)),
+        Body::from_stream(follow_stream(state, job.id, after)),
     )
         .into_response())
 }
 
+/// A whole log, a page of [`LOG_PAGE_LINES`] at a time from the database, starting with
+/// `first` (already read): memory stays at one page however long the log.
+fn log_pages(
+    store: crate::jobs::Store,
+    job_id: i64,
+    first: Vec<OutputLine>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::unfold(Some(first), move |page| {
+        let store = store.clone();
+        async move {
+            let lines = page?;
+            let last = lines.last()?.seq;
+            let mut chunk = String::new();
+            push_lines(&mut chunk, &lines);
+            let next = if (lines.len() as i64) < LOG_PAGE_LINES {
+                Some(Vec::new())
+            } else {
+                match read(|| store.output(job_id, last, LOG_PAGE_LINES)).await {
+                    Ok(next) => Some(next),
+                    Err(e) => {
+                        // The head is sent: all that is left is to break the body off, so
+                        // the client sees an incomplete response, not a short log.
+                        tracing::warn!(job = job_id, error = %e, "reading the log failed mid-response");
+                        return Some((Err(std::io::Error::other(e)), None));
+                    }
+                }
+            };
+            Some((Ok(Bytes::from(chunk)), next))
+        }
+    })
+}
+
 /// Appends output lines as text, one per line.
-fn push_lines(text: &mut String, lines: &[crate::jobs::OutputLine]) {
+fn push_lines(text: &mut String, lines: &[OutputLine]) {
     for l in lines {
         text.push_str(&l.line);
         text.push('\n');
@@ -373,6 +489,7 @@ fn push_lines(text: &mut String, lines: &[crate::jobs::OutputLine]) {
 fn follow_stream(
     state: AppState,
     job_id: i64,
+    after: i64,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let poll = state
         .config()
@@ -380,7 +497,7 @@ fn follow_stream(
         .log_flush_interval
         .max(Duration::from_millis(100));
     futures::stream::unfold(
-        (state, 0i64, false),
+        (state, after, false),
         move |(state, after, ended)| async move {
             if ended {
                 return None;
@@ -422,7 +539,7 @@ fn follow_stream(
     )
 }
 
-/// The configured tasks.
+/// The configured tasks this caller may use.
 #[utoipa::path(
     get,
     path = "/v1/tasks",
@@ -434,11 +551,12 @@ pub async fn list_tasks(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
-    state.auth().authenticate(&headers)?;
+    let caller = state.auth().authenticate(&headers)?;
     let tasks = state.tasks();
     Ok(Json(
         tasks
             .values()
+            .filter(|t| caller.allows(&t.name))
             .map(|t| TaskView {
                 name: t.name.clone(),
                 command: t.config.command.clone(),
@@ -451,4 +569,46 @@ pub async fn list_tasks(
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `read` over a query that fails with `first` once and then succeeds; returns the
+    /// result and how many times the query ran.
+    async fn read_after(first: sqlx::Error) -> (Result<u8, sqlx::Error>, usize) {
+        let calls = AtomicUsize::new(0);
+        let first = std::sync::Mutex::new(Some(first));
+        let result = read(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let failure = first.lock().unwrap().take();
+            async move {
+                match failure {
+                    Some(e) => Err(e),
+                    None => Ok(7),
+                }
+            }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    /// Finding 13: a read that lost its connection is run once more and succeeds.
+    #[tokio::test]
+    async fn a_read_that_lost_its_connection_is_retried_once() {
+        let lost = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let (result, calls) = read_after(lost).await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls, 2);
+    }
+
+    /// Finding 13: other errors are not retried (a statement's own failure would fail again).
+    #[tokio::test]
+    async fn other_read_errors_are_not_retried() {
+        let (result, calls) = read_after(sqlx::Error::RowNotFound).await;
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+    }
 }

@@ -55,6 +55,8 @@ pub struct Metrics {
     database_size: Gauge,
     unserved: Family<Task, Gauge>,
     storage_fault: Gauge,
+    /// One render at a time, so no scrape sees another's half-set gauges.
+    render: std::sync::Mutex<()>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,6 +142,7 @@ impl Default for Metrics {
             database_size,
             unserved,
             storage_fault,
+            render: std::sync::Mutex::new(()),
         }
     }
 }
@@ -188,6 +191,7 @@ impl Metrics {
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = &state.metrics;
     let view = state.jobs.runner.view();
+    let one_render = metrics.render.lock().expect("metrics lock poisoned");
     metrics.database_size.set(view.size_bytes.unwrap_or(0));
     metrics.unserved.clear();
     for (task, n) in view.unserved {
@@ -228,6 +232,7 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &metrics.registry)
         .map_err(|e| ApiError::Internal(e.into()))?;
+    drop(one_render);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,15 +1,16 @@
-//! Cross-cutting request handling: per-request timeout, JSON bodies for every error,
-//! metrics, request ids.
+//! Cross-cutting request handling: the request body (size and time limits), the
+//! per-request timeout, JSON bodies for every error, metrics, request ids.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::to_bytes;
+use axum::body::{to_bytes, Body};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::error::error_response;
@@ -19,18 +20,21 @@ use super::metrics::Metrics;
 #[derive(Debug)]
 pub struct LiveSettings {
     pub request_timeout: std::sync::RwLock<Duration>,
+    pub body_read_timeout: std::sync::RwLock<Duration>,
 }
 
 /// What the edge layer needs.
 pub struct Edge {
     pub live: Arc<LiveSettings>,
     pub metrics: Arc<Metrics>,
+    /// `http.body_limit` in bytes (a restart setting).
+    pub body_limit: usize,
 }
 
-/// Every request passes here once: the per-request timeout, the JSON error rewrite, and the
-/// metrics. One layer rather than three, because each `from_fn` layer boxes a future and
-/// clones the inner service per request (bench/run: the middleware was the whole gap
-/// between shiftd and a bare axum server).
+/// Every request passes here once: the body read, the per-request timeout, the JSON error
+/// rewrite, and the metrics. One layer rather than three, because each `from_fn` layer
+/// boxes a future and clones the inner service per request (bench/run: the middleware was
+/// the whole gap between shiftd and a bare axum server).
 pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -42,8 +46,14 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
         .request_timeout
         .read()
         .expect("settings lock poisoned");
-    let response = match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => json_errors(response).await,
+    let handled = async {
+        match read_body(&edge, request).await {
+            Ok(request) => json_errors(next.run(request).await).await,
+            Err(refused) => refused,
+        }
+    };
+    let response = match tokio::time::timeout(limit, handled).await {
+        Ok(response) => response,
         Err(_) => {
             tracing::warn!(
                 "request exceeded http.request_timeout ({}); answered 503",
@@ -60,6 +70,71 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
         response.status().as_u16(),
         started.elapsed(),
     );
+    response
+}
+
+/// Reads the whole request body under `http.body_limit` and `http.body_read_timeout`, so
+/// a handler gets a complete body and a client that declares too much or sends too slowly
+/// is answered at once (413) or at the timeout (408) instead of holding the request until
+/// `http.request_timeout`. The refusals close the connection: the rest of the body is
+/// never read, so the connection cannot carry another request.
+async fn read_body(edge: &Edge, request: Request) -> Result<Request, Response> {
+    use http_body::Body as _;
+    if request.body().is_end_stream() {
+        return Ok(request);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = edge.body_limit;
+    let too_large = || {
+        closing(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the request body is larger than http.body_limit ({}); send a smaller body",
+                crate::config::ByteSize(limit as u64)
+            ),
+        ))
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = *edge
+        .live
+        .body_read_timeout
+        .read()
+        .expect("settings lock poisoned");
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(closing(error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("the request body could not be read: {e}; send it again"),
+        ))),
+        Err(_) => {
+            tracing::info!(
+                "a request body took longer than http.body_read_timeout ({}); answered 408",
+                humantime::format_duration(timeout)
+            );
+            Err(closing(error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within http.body_read_timeout ({}); send it in one go or ask the operator to raise the setting",
+                    humantime::format_duration(timeout)
+                ),
+            )))
+        }
+    }
+}
+
+/// Marks a response as the last on its connection.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

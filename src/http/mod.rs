@@ -182,7 +182,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         )
         .route("/metrics", get(metrics::render))
         .with_state(state);
-    let edge = Arc::new(middleware::Edge { live, metrics });
+    let edge = Arc::new(middleware::Edge {
+        live,
+        metrics,
+        body_limit,
+    });
     routes.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, middleware::SequentialRequestId::new()))

@@ -70,7 +70,8 @@ pub struct RunnerSettings {
 }
 
 impl RunnerSettings {
-    pub fn from_config(config: &Config) -> Self {
+    /// `tasks` are the configuration's tasks, compiled (see [`Task::all`]).
+    pub fn from_config(config: &Config, tasks: BTreeMap<String, Arc<Task>>) -> Self {
         Self {
             workers: config.jobs.workers as usize,
             poll_interval: config.jobs.poll_interval,
@@ -79,7 +80,7 @@ impl RunnerSettings {
             max_output: config.jobs.max_output.0,
             output_buffer: usize::try_from(config.jobs.output_buffer.0).unwrap_or(usize::MAX),
             retain: config.jobs.retain,
-            tasks: Task::all(&config.tasks),
+            tasks,
         }
     }
 

@@ -164,6 +164,8 @@ pub struct JobPage {
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub task: Option<String>,
+    /// Only jobs of these tasks (the caller's token may read no others); `None`: any task.
+    pub tasks: Option<Vec<String>>,
     pub state: Option<JobState>,
     pub before_id: Option<i64>,
     pub limit: i64,
@@ -206,8 +208,9 @@ impl Store {
         }
     }
 
-    /// Adds a job, or returns the one already made with this idempotency key in the last 24 h.
-    /// The boolean is true when a new job was created.
+    /// Adds a job, or returns the one already made with this idempotency key in the last 24 h
+    /// by the same token (keys of different tokens never meet). The boolean is true when a
+    /// new job was created; the caller compares the returned job's parameters with its own.
     pub async fn enqueue(
         &self,
         task: &str,
@@ -218,7 +221,7 @@ impl Store {
     ) -> Result<(Job, bool), sqlx::Error> {
         let now = now_ms();
         if let Some(key) = idempotency_key {
-            if let Some(existing) = self.by_idempotency_key(task, key).await? {
+            if let Some(existing) = self.by_idempotency_key(task, token_name, key).await? {
                 if existing.created_at >= now - IDEMPOTENCY_WINDOW.as_millis() as i64 {
                     return Ok((existing, false));
                 }
@@ -255,7 +258,7 @@ impl Store {
                 if e.is_unique_violation() && idempotency_key.is_some() =>
             {
                 let job = self
-                    .by_idempotency_key(task, idempotency_key.unwrap_or_default())
+                    .by_idempotency_key(task, token_name, idempotency_key.unwrap_or_default())
                     .await?
                     .ok_or(sqlx::Error::RowNotFound)?;
                 Ok((job, false))
@@ -264,11 +267,20 @@ impl Store {
         }
     }
 
-    async fn by_idempotency_key(&self, task: &str, key: &str) -> Result<Option<Job>, sqlx::Error> {
-        let sql =
-            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE task = $1 AND idempotency_key = $2");
+    /// The job made by `token_name` (`None`: without a token) with this key, whatever its age.
+    async fn by_idempotency_key(
+        &self,
+        task: &str,
+        token_name: Option<&str>,
+        key: &str,
+    ) -> Result<Option<Job>, sqlx::Error> {
+        // The same expression as the unique index (migration 0003), so the index serves it.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE task = $1 AND COALESCE(token_name, '') = $2 AND idempotency_key = $3"
+        );
         let row = sqlx::query(&sql)
             .bind(task)
+            .bind(token_name.unwrap_or_default().to_string())
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -294,6 +306,16 @@ impl Store {
         if filter.task.is_some() {
             sql += &format!(" AND task = {}", next());
         }
+        if let Some(tasks) = &filter.tasks {
+            if tasks.is_empty() {
+                return Ok(JobPage {
+                    jobs: Vec::new(),
+                    next_cursor: None,
+                });
+            }
+            let placeholders: Vec<String> = tasks.iter().map(|_| next()).collect();
+            sql += &format!(" AND task IN ({})", placeholders.join(", "));
+        }
         if filter.state.is_some() {
             sql += &format!(" AND state = {}", next());
         }
@@ -303,6 +325,9 @@ impl Store {
         sql += &format!(" ORDER BY id DESC LIMIT {}", next());
         let mut query = sqlx::query(&sql);
         if let Some(task) = &filter.task {
+            query = query.bind(task.clone());
+        }
+        for task in filter.tasks.iter().flatten() {
             query = query.bind(task.clone());
         }
         if let Some(state) = filter.state {

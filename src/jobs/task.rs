@@ -1,12 +1,32 @@
 //! A task definition made ready to run: compiled parameter rules and argv substitution.
-//! No shell is ever involved: `{param}` replaces one whole argument.
+//! No shell is ever involved: `{param}` replaces one whole argument, `{{param}}` is the
+//! literal `{param}`, and every other brace is literal.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use regex::Regex;
+use regex_automata::meta::Regex;
+use regex_syntax::hir::{Hir, Look};
 
-use crate::config::{placeholder, TaskConfig};
+use crate::config::{placeholder, unescape_placeholder, ConfigError, TaskConfig};
+
+/// Compiles a parameter rule so that a value must match it in full. Validation (`shiftd
+/// check`, a reload) and serving use this one function, so a rule that passes the check
+/// is the rule that runs.
+///
+/// The anchors are added to the parsed pattern, not to its text: wrapping the text as
+/// `^(?:...)$` breaks on patterns that change how the rest of the text is read, such as
+/// `(?x)` with a `#` comment, which would swallow the closing `)$`.
+pub fn compile_rule(pattern: &str) -> Result<Regex, String> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .map_err(|e| format!("not a valid regex: {e}"))?;
+    let anchored = Hir::concat(vec![Hir::look(Look::Start), hir, Hir::look(Look::End)]);
+    Regex::builder()
+        .build_from_hir(&anchored)
+        .map_err(|e| format!("the regex cannot be compiled: {e}"))
+}
 
 /// A configured task with its regexes compiled.
 #[derive(Debug, Clone)]
@@ -30,32 +50,34 @@ pub enum ParamError {
 }
 
 impl Task {
-    /// Compiles a task; the configuration was validated already, so the regexes compile.
-    pub fn new(name: &str, config: &TaskConfig) -> Self {
+    /// Compiles a task's parameter rules; an error names the rule's key.
+    pub fn new(name: &str, config: &TaskConfig) -> Result<Self, ConfigError> {
         let params = config
             .params
             .iter()
             .map(|(k, pattern)| {
-                // Anchored: a value must match in full, not merely contain a match.
-                let anchored = format!("^(?:{pattern})$");
-                (
-                    k.clone(),
-                    Regex::new(&anchored).expect("validated with the configuration"),
-                )
+                compile_rule(pattern)
+                    .map(|rule| (k.clone(), rule))
+                    .map_err(|message| ConfigError {
+                        key: format!("tasks.{name}.params.{k}"),
+                        message,
+                    })
             })
-            .collect();
-        Self {
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             name: name.to_string(),
             config: config.clone(),
             params,
-        }
+        })
     }
 
     /// Compiles every task of a configuration.
-    pub fn all(tasks: &BTreeMap<String, TaskConfig>) -> BTreeMap<String, Arc<Task>> {
+    pub fn all(
+        tasks: &BTreeMap<String, TaskConfig>,
+    ) -> Result<BTreeMap<String, Arc<Task>>, ConfigError> {
         tasks
             .iter()
-            .map(|(name, cfg)| (name.clone(), Arc::new(Task::new(name, cfg))))
+            .map(|(name, cfg)| Ok((name.clone(), Arc::new(Task::new(name, cfg)?))))
             .collect()
     }
 
@@ -79,7 +101,7 @@ impl Task {
             let serde_json::Value::String(text) = value else {
                 return Err(ParamError::NotAString(name.clone()));
             };
-            if !rule.is_match(text) {
+            if !rule.is_match(text.as_str()) {
                 return Err(ParamError::NoMatch(
                     name.clone(),
                     self.config.params[name].clone(),
@@ -97,7 +119,8 @@ impl Task {
         Ok(out)
     }
 
-    /// The argv to execute, with each `{param}` argument replaced by its value.
+    /// The argv to execute: each `{param}` argument replaced by its value, each
+    /// `{{param}}` argument made the literal `{param}`, everything else as written.
     pub fn argv(&self, params: &BTreeMap<String, String>) -> Result<Vec<String>, ParamError> {
         self.config
             .command
@@ -107,7 +130,7 @@ impl Task {
                     .get(p)
                     .cloned()
                     .ok_or_else(|| ParamError::Missing(p.to_string())),
-                None => Ok(arg.clone()),
+                None => Ok(unescape_placeholder(arg).unwrap_or(arg).to_string()),
             })
             .collect()
     }
@@ -124,7 +147,7 @@ mod tests {
             ..Default::default()
         };
         cfg.params.insert("who".into(), "[a-z]+".into());
-        Task::new("greet", &cfg)
+        Task::new("greet", &cfg).unwrap()
     }
 
     fn params(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -166,5 +189,76 @@ mod tests {
             t.check_params(&params(json!({"who": 1}))),
             Err(ParamError::NotAString(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn one_rule(pattern: &str) -> Task {
+        let mut cfg = TaskConfig {
+            command: vec!["/bin/echo".into(), "{name}".into()],
+            ..Default::default()
+        };
+        cfg.params.insert("name".into(), pattern.into());
+        Task::new("t", &cfg).unwrap()
+    }
+
+    fn accepts(t: &Task, value: &str) -> bool {
+        t.check_params(json!({ "name": value }).as_object().unwrap())
+            .is_ok()
+    }
+
+    /// Finding 12: a verbose-mode rule with a `#` comment used to compile in validation but
+    /// panic in `Task::new`, whose textual `^(?:...)$` anchors the comment swallowed.
+    #[test]
+    fn verbose_rules_with_comments_compile_and_stay_anchored() {
+        let t = one_rule("(?x)[a-z]+ # comment");
+        assert!(accepts(&t, "abc"));
+        assert!(!accepts(&t, "ABC"));
+        assert!(!accepts(&t, "abc def"));
+    }
+
+    /// Finding 12: alternations are anchored as a whole, not only their first and last branch.
+    #[test]
+    fn alternations_must_match_in_full() {
+        let t = one_rule("a|b");
+        assert!(accepts(&t, "a") && accepts(&t, "b"));
+        assert!(!accepts(&t, "ab") && !accepts(&t, "xa") && !accepts(&t, "bx"));
+    }
+
+    /// Finding 12: an invalid rule is an error that names its key, never a panic.
+    #[test]
+    fn invalid_rules_are_errors_naming_the_key() {
+        let mut cfg = TaskConfig {
+            command: vec!["/bin/true".into()],
+            ..Default::default()
+        };
+        cfg.params.insert("name".into(), "[a-".into());
+        let e = Task::new("t", &cfg).unwrap_err();
+        assert_eq!(e.key, "tasks.t.params.name", "{e}");
+    }
+
+    /// Finding 16: `{{name}}` is the literal `{name}`; other braces are literal as written.
+    #[test]
+    fn escaped_placeholders_and_other_braces_are_literal() {
+        let cfg = TaskConfig {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo ${HOME} {x}".into(),
+                "{{name}}".into(),
+                "{".into(),
+            ],
+            ..Default::default()
+        };
+        let t = Task::new("t", &cfg).unwrap();
+        let argv = t.argv(&BTreeMap::new()).unwrap();
+        assert_eq!(
+            argv,
+            vec!["/bin/sh", "-c", "echo ${HOME} {x}", "{name}", "{"]
+        );
     }
 }
