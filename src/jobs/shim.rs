@@ -7,21 +7,13 @@
 //! exactly: the same exit status, or the same signal. It adds one exec per job.
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::unistd::{getpgrp, getppid};
 
 /// The hidden first argument that makes the binary a shim.
 pub const SHIM_ARG: &str = "__job-shim";
-
-static TERMINATED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_terminate(_: nix::libc::c_int) {
-    TERMINATED.store(true, Ordering::SeqCst);
-}
 
 /// Runs `argv` as the job and returns the exit code for the shim (when the command was
 /// killed by a signal, the shim kills itself with the same signal instead of returning).
@@ -31,22 +23,26 @@ pub fn run(argv: Vec<OsString>) -> u8 {
         return 2;
     };
     let parent = getppid();
-    // A handler, not SIG_IGN: a handler is reset by exec, so the command still gets the
-    // default SIGTERM; the shim itself waits for the command to end and then mirrors it.
-    let handler = SigAction::new(
-        SigHandler::Handler(on_terminate),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only stores to an atomic.
-    if unsafe { signal::sigaction(Signal::SIGTERM, &handler) }.is_err()
+    // SIGCHLD (the command ended) and SIGTERM (shiftd died, or a stop of the group) are
+    // blocked and taken with sigwait: no handler, no polling, and none is lost between a
+    // check and the wait. The command gets an empty mask back before it runs.
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGCHLD);
+    waited.add(Signal::SIGTERM);
+    if waited.thread_block().is_err()
         || nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
         || getppid() != parent
     {
         eprintln!("shiftd {SHIM_ARG}: shiftd is gone or the death signal cannot be set; not starting the job");
         return 1;
     }
-    let mut child = match std::process::Command::new(program).args(&argv[1..]).spawn() {
+    let mut command = std::process::Command::new(program);
+    command.args(&argv[1..]);
+    // SAFETY: only sigprocmask (async-signal-safe) between fork and exec.
+    unsafe {
+        command.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from));
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!(
@@ -70,13 +66,14 @@ pub fn run(argv: Vec<OsString>) -> u8 {
                 return 1;
             }
         }
-        if TERMINATED.load(Ordering::SeqCst) && getppid() != parent {
-            // shiftd died: nobody will record this job, and it runs again elsewhere once
-            // its lease expires. Take the whole group down with us.
+        if getppid() != parent {
+            // shiftd died: nobody will record this job, and it runs again once its lease
+            // expires. Take the whole group down with us.
             let _ = signal::killpg(getpgrp(), Signal::SIGKILL);
         }
-        // A signal ends the sleep early; polling also covers one that came just before it.
-        std::thread::sleep(Duration::from_millis(50));
+        // A SIGTERM while shiftd lives is a stop of the whole group: the command got it too,
+        // and its end is mirrored when it comes.
+        let _ = waited.wait();
     }
 }
 
@@ -85,9 +82,14 @@ fn mirror_signal(sig: i32) {
     let Ok(sig) = Signal::try_from(sig) else {
         return;
     };
+    // No core file of the shim for a command that dumped core (SIGSEGV, SIGABRT…).
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     // SAFETY: restoring the default disposition.
     unsafe {
         let _ = signal::signal(sig, SigHandler::SigDfl);
     }
+    let mut only = SigSet::empty();
+    only.add(sig);
+    let _ = only.thread_unblock();
     let _ = signal::raise(sig);
 }
