@@ -778,8 +778,11 @@ async fn run_job(
     let started = Instant::now();
     let job = attempt.job.clone();
     let job = &job;
-    // Lines of an earlier attempt in this process go first, so numbering continues after them.
-    let _ = inner.output.flush().await;
+    // A retry: lines of an earlier attempt still buffered here go first, so numbering
+    // continues after them. A first attempt has none, and skips the write.
+    if job.attempts > 1 {
+        let _ = inner.output.flush().await;
+    }
     let Some(last_seq) = persist("read the job's output position", attempt.lease, || {
         inner.store.last_seq(job.id)
     })
