@@ -98,14 +98,20 @@ async fn read_body(edge: &Edge, request: Request) -> Result<Request, Response> {
             ),
         ))
     };
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
     let timeout = *edge
         .live
         .body_read_timeout
         .read()
         .expect("settings lock poisoned");
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        // Closing a connection with unread data makes the kernel reset it, and the client
+        // may lose the 413 with it. A body of modest size is read and thrown away first
+        // (bounded by its size and http.body_read_timeout), as nginx's lingering close does.
+        if declared <= DISCARD_AT_MOST {
+            discard(request.into_body(), timeout).await;
+        }
+        return Err(too_large());
+    }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
@@ -128,6 +134,21 @@ async fn read_body(edge: &Edge, request: Request) -> Result<Request, Response> {
             )))
         }
     }
+}
+
+/// The largest refused body that is read and thrown away before the 413 (see `read_body`).
+const DISCARD_AT_MOST: u64 = 16 << 20;
+
+/// A refused body stops being thrown away once the client pauses this long: one that is
+/// sending gets its 413 intact, one that declared a size and sends nothing gets it at once.
+const DISCARD_IDLE: Duration = Duration::from_millis(200);
+
+/// Reads a body to its end, keeping nothing, for at most `timeout` and while it keeps coming.
+async fn discard(mut body: Body, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DISCARD_IDLE, body.frame()).await {}
+    })
+    .await;
 }
 
 /// Marks a response as the last on its connection.
@@ -205,10 +226,7 @@ async fn json_errors(response: Response) -> Response {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         // The body was not read, so hyper closes the connection after this response; say
         // so, or a client reuses the connection and its next request fails.
-        rewritten.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
+        return closing(rewritten);
     }
     rewritten
 }
