@@ -35,6 +35,17 @@ pub enum Command {
         #[arg(long)]
         skip_unit: bool,
     },
+    /// Hand the running service over to a new process of /usr/bin/shiftd (a new binary after
+    /// an upgrade, and the configuration as it is now) while the old one keeps serving, and
+    /// wait for the outcome: exit 0 once the new process serves, 1 with the reason when it
+    /// could not start (the old one then keeps serving). This is the unit's ExecReload=, so
+    /// `systemctl reload shiftd` fails when the hand-over does.
+    Reload {
+        /// How long to wait for the outcome. Default: the startup budget
+        /// (startup.step_timeout × 4) plus 5s.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
     /// Print the man page shiftd(8) in roff.
     #[command(hide = true)]
     Man,

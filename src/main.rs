@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             cli.config.as_deref(),
             shiftd::check::Options { quiet, skip_unit },
         )),
+        Command::Reload { timeout } => reload(cli.config.as_deref(), timeout),
         Command::Serve => serve(cli, systemd),
     }
 }
@@ -51,6 +52,7 @@ fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
         Err(e) => {
             eprintln!("shiftd: {e}");
             eprintln!("shiftd: fix the configuration (`shiftd check` shows what is in force); not starting");
+            systemd.report_failure(&format!("configuration error: {e}"));
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -81,6 +83,7 @@ fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
             notifier: Notifier::Systemd,
             signals,
             log: Some(log),
+            hand_over: true,
         };
         match service::serve(options).await {
             Ok(report) if report.cut.is_empty() => exit::OK,
@@ -95,4 +98,30 @@ fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
     // Job processes and connections were dealt with by the stop; do not wait on stragglers.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     ExitCode::from(code)
+}
+
+/// `shiftd reload`: ask the running process for a hand-over and report how it ended.
+fn reload(config_path: Option<&std::path::Path>, timeout: Option<std::time::Duration>) -> ExitCode {
+    let timeout = match timeout {
+        Some(t) => t,
+        None => match Config::load(config_path) {
+            Ok(config) => service::hand_over_timeout(&config) + std::time::Duration::from_secs(5),
+            Err(e) => {
+                eprintln!("shiftd: reload refused: {e}");
+                eprintln!("shiftd: fix the configuration (`shiftd check` shows what is in force); the running process keeps serving");
+                return ExitCode::from(exit::CONFIG);
+            }
+        },
+    };
+    let path = service::control_path();
+    match lifecycle::control::request_reload(&path, timeout) {
+        Ok(what) => {
+            println!("shiftd: reloaded: {what}");
+            ExitCode::from(exit::OK)
+        }
+        Err(why) => {
+            eprintln!("shiftd: reload failed: {why}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
 }

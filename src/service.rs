@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub signals: SignalStream,
     /// `None` in tests that do not own the global logger.
     pub log: Option<LogControl>,
+    /// Whether this process may start a successor (the real binary: yes; in-process tests: no).
+    pub hand_over: bool,
 }
 
 /// The lifecycle's part of the configuration.
@@ -44,6 +46,20 @@ pub fn lifecycle_settings(config: &Config) -> lifecycle::Settings {
     }
 }
 
+/// Where `shiftd reload` finds the running process: in the state directory, which the unit
+/// already makes writable (no extra mount in the sandbox) and only the service's user and
+/// group can enter.
+pub fn control_path() -> PathBuf {
+    db::state_dir().join("control.sock")
+}
+
+/// How long a hand-over waits for the new process to be ready: its startup steps, each
+/// bounded by `startup.step_timeout`. `TimeoutStartSec=` (which also bounds `ExecReload=`)
+/// is this plus a margin, so `shiftd reload` always hears the outcome.
+pub fn hand_over_timeout(config: &Config) -> Duration {
+    config.startup.step_timeout * crate::check::STARTUP_STEPS
+}
+
 /// Starts, serves until a stop signal, and stops in order.
 pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     let ServeOptions {
@@ -54,10 +70,38 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         notifier,
         signals,
         log,
+        hand_over,
     } = options;
     let mut life = Lifecycle::new(lifecycle_settings(&config), systemd, notifier, signals);
     life.record_step("config", config_load_time);
+    if hand_over {
+        life.enable_hand_over(lifecycle::HandOverSettings::from_current_process(
+            control_path(),
+            hand_over_timeout(&config),
+        ));
+    }
+    match start(&mut life, config, config_path, log).await {
+        Ok((listener, router, app)) => {
+            let report = life.serve(listener, router, app).await;
+            write_previous_stop(&report);
+            Ok(report)
+        }
+        Err(e) => {
+            // A process started by a hand-over tells its predecessor why, so the reload fails
+            // with the reason while the predecessor keeps serving.
+            life.report_startup_failure(&e).await;
+            Err(e)
+        }
+    }
+}
 
+/// The startup steps, up to a router ready to serve.
+async fn start(
+    life: &mut Lifecycle,
+    config: Config,
+    config_path: Option<PathBuf>,
+    log: Option<LogControl>,
+) -> Result<(lifecycle::Listener, axum::Router, Arc<dyn App>), StartupError> {
     let listener = life.listener(&config.http.listen).await?;
     let backend = config.backend();
     let database = config.database.clone();
@@ -89,9 +133,16 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         step: "auth",
         message: e.to_string(),
     })?;
+    Task::all(&config.tasks).map_err(|e| StartupError::Failed {
+        step: "tasks",
+        message: e.to_string(),
+    })?;
     if !auth.enabled() {
         tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
     }
+    // Everything that can fail is done: after a hand-over, become the main process before
+    // the runner claims a job.
+    life.take_over().await?;
     let body_limit = usize::try_from(config.http.body_limit.0).unwrap_or(usize::MAX);
     let state =
         app_state(config, db.clone(), life.handle(), auth).map_err(|e| StartupError::Failed {
@@ -100,14 +151,12 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
-    let app = Arc::new(Shiftd {
+    let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,
         log,
     });
-    let report = life.serve(listener, router, app).await;
-    write_previous_stop(&report);
-    Ok(report)
+    Ok((listener, router, app))
 }
 
 /// Why [`app_state`] could not build the state.
@@ -339,7 +388,8 @@ pub fn stop_plan(config: &Config, db: Db, runner: Runner) -> Vec<Stage> {
             s.jobs_drain,
             config.jobs_cut_allowance(),
             move |ctx| async move { runner.drain(ctx).await }.boxed(),
-        ),
+        )
+        .outlasting_hand_over(),
         // 4. Buffers (job output) to the database.
         Stage::finishing("flush", "shutdown.flush", s.flush, move |_ctx| {
             async move { flusher.flush().await }.boxed()

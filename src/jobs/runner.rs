@@ -301,6 +301,29 @@ impl Runner {
                 let _ = task.await;
             }
         }
+        if let Some(patience) = &ctx.patience {
+            // After a hand-over: the new process serves and claims; the jobs here run on,
+            // untouched, renewing their leases, each bounded by its task's timeout. Only a
+            // stop (forwarded by the new process, or a signal) ends the wait.
+            let running = inner.running.lock().expect("poisoned").len();
+            if running > 0 {
+                tracing::info!(
+                    running,
+                    "handed over: letting {running} running jobs finish here (a stop applies shutdown.jobs_drain)"
+                );
+            }
+            inner.jobs.close();
+            tokio::select! {
+                _ = inner.jobs.wait() => {
+                    return StageOutcome::Done(if running == 0 {
+                        "no jobs were running".into()
+                    } else {
+                        format!("the {running} jobs running at the hand-over finished")
+                    });
+                }
+                _ = patience.cancelled() => {}
+            }
+        }
         let (running_at_start, requeued_now) = {
             let running = inner.running.lock().expect("poisoned");
             let requeued = running

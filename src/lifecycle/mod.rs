@@ -6,6 +6,8 @@
 //! `examples/minimal.rs` for the smallest one. Signals and `$NOTIFY_SOCKET` are read here
 //! and nowhere else.
 
+pub mod control;
+pub mod handover;
 pub mod listener;
 pub mod notify;
 pub mod server;
@@ -13,6 +15,7 @@ pub mod signals;
 pub mod stages;
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -23,6 +26,8 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use control::HandOverRequest;
+pub use handover::{HandOverSettings, StopRequest};
 pub use listener::{ActivatedFds, Listener, Origin};
 pub use notify::{Message, Notifier};
 pub use server::{ConnectionSettings, Counters};
@@ -38,27 +43,51 @@ const STARTUP_HEARTBEAT_EXTENDS: Duration = Duration::from_secs(3);
 /// How often STATUS= is refreshed from the app's report while serving (sent only if changed).
 const STATUS_REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// What systemd passed in the environment, read once before any thread starts and then
-/// removed, so job processes do not inherit it.
-#[derive(Debug, Clone, Default)]
+/// What systemd (or the process this one took over from) passed in the environment, read
+/// once before any thread starts and then removed, so job processes do not inherit it.
+#[derive(Debug, Default)]
 pub struct SystemdEnv {
     pub fds: ActivatedFds,
     pub watchdog: Option<Duration>,
+    /// The channel to the process this one takes over from (see [`handover`]), if any.
+    pub predecessor: Option<OwnedFd>,
 }
 
 impl SystemdEnv {
-    /// Reads and unsets `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` and `WATCHDOG_USEC`/`WATCHDOG_PID`.
+    /// Reads and unsets `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`, `WATCHDOG_USEC`/`WATCHDOG_PID`
+    /// and `SHIFTD_HANDOVER`.
     ///
     /// # Safety
     /// Must be called before any other thread exists (it calls `std::env::remove_var`):
     /// call it first thing in `main`, before the tokio runtime is built.
     pub unsafe fn take() -> std::io::Result<Self> {
-        let fds = sd_notify::listen_fds_with_names_and_unset_env()?.collect();
+        let inherited = handover::take_inherited()?;
+        let listen = sd_notify::listen_fds_with_names_and_unset_env()?.collect();
         let watchdog = sd_notify::watchdog_enabled_and_unset_env();
-        Ok(Self {
-            fds: ActivatedFds(fds),
-            watchdog,
+        Ok(match inherited {
+            Some(inherited) => {
+                let handover::Inherited { fds, channel } = inherited;
+                Self {
+                    fds,
+                    watchdog,
+                    predecessor: Some(channel),
+                }
+            }
+            None => Self {
+                fds: ActivatedFds(listen),
+                watchdog,
+                predecessor: None,
+            },
         })
+    }
+
+    /// Tells the process this one was to take over from that it could not start (e.g. a
+    /// configuration error before the runtime exists), so its `systemctl reload` fails with
+    /// the reason. Does nothing when there is no such process.
+    pub fn report_failure(&self, why: &str) {
+        if let Some(channel) = &self.predecessor {
+            handover::report_failure(channel, why);
+        }
     }
 }
 
@@ -211,6 +240,24 @@ pub struct Lifecycle {
     systemd: SystemdEnv,
     settings: Settings,
     handle: Handle,
+    /// Set by [`Lifecycle::enable_hand_over`]: how to start a successor.
+    hand_over: Option<HandOverSettings>,
+    control: Option<control::ControlSocket>,
+    /// After [`Lifecycle::take_over`]: the process this one took over from, told `main`.
+    predecessor: Option<handover::Predecessor>,
+}
+
+/// How the serving phase ended.
+enum End {
+    Stop { fast: bool },
+    HandedOver(handover::SuccessorLink),
+}
+
+/// How a hand-over attempt ended.
+enum HandOverEnd {
+    Done(handover::SuccessorLink),
+    Failed(String),
+    Stopped { fast: bool },
 }
 
 impl Lifecycle {
@@ -228,6 +275,72 @@ impl Lifecycle {
             systemd,
             settings,
             handle: Handle::new(),
+            hand_over: None,
+            control: None,
+            predecessor: None,
+        }
+    }
+
+    /// Lets this process hand over to a new one (`shiftd reload`, SIGUSR2): binds the control
+    /// socket, or takes the one the predecessor passed. Without it, only SIGHUP's in-process
+    /// reload exists. A control socket that cannot be bound is a warning, not a failed start:
+    /// the service serves, and SIGUSR2 still hands over.
+    pub fn enable_hand_over(&mut self, settings: HandOverSettings) {
+        let inherited = self
+            .systemd
+            .fds
+            .0
+            .iter()
+            .find(|(_, name)| name == "control")
+            .map(|(fd, _)| *fd);
+        match control::ControlSocket::acquire(inherited, &settings.control_path) {
+            Ok(socket) => self.control = Some(socket),
+            Err(e) => tracing::warn!(
+                path = %settings.control_path.display(),
+                "cannot listen on the control socket {}: {e}; `shiftd reload` will not reach this process (SIGUSR2 still hands over)",
+                settings.control_path.display()
+            ),
+        }
+        self.hand_over = Some(settings);
+    }
+
+    /// When this process was started by a hand-over: tells the predecessor it is ready and
+    /// waits until it is made the main process. Call it after every step that can fail and
+    /// before any work starts (the runner, accepting): until then the predecessor may still
+    /// kill it. Does nothing for a process systemd started.
+    pub async fn take_over(&mut self) -> Result<(), StartupError> {
+        let Some(channel) = self.systemd.predecessor.take() else {
+            return Ok(());
+        };
+        let step = "take over";
+        let mut predecessor = handover::Predecessor::new(channel).map_err(|e| StartupError::Failed {
+            step,
+            message: format!("cannot use the channel to the previous process: {e}"),
+        })?;
+        self.notifier.status("starting: waiting for the previous process to hand over");
+        let limit = self.settings.step_timeout;
+        let result = tokio::select! {
+            result = tokio::time::timeout(limit, predecessor.ready()) => match result {
+                Ok(result) => result,
+                Err(_) => Err(format!("the previous process did not hand over within {}", humantime::format_duration(limit))),
+            },
+            _ = wait_for_stop(&mut self.signals) => {
+                return Err(StartupError::Interrupted { step });
+            }
+        };
+        result.map_err(|message| StartupError::Failed { step, message })?;
+        tracing::info!("the previous process handed over; this process is the main one now");
+        self.predecessor = Some(predecessor);
+        Ok(())
+    }
+
+    /// Tells the predecessor (if this process was started by a hand-over) why the start
+    /// failed, so the reload it is running fails with that reason.
+    pub async fn report_startup_failure(&mut self, error: &StartupError) {
+        if let Some(predecessor) = &mut self.predecessor {
+            predecessor.failed(&error.to_string()).await;
+        } else {
+            self.systemd.report_failure(&error.to_string());
         }
     }
 
@@ -340,17 +453,23 @@ impl Lifecycle {
         Ok(listener)
     }
 
-    /// Serves `router` on `listener` until a stop signal, then runs the app's stop plan.
+    /// Serves `router` on `listener` until a stop signal or a hand-over, then runs the app's
+    /// stop plan.
     ///
-    /// Sends READY=1 first: call it only once every startup step is done.
+    /// Sends READY=1 first (after a hand-over, the predecessor sent it with `MAINPID=`): call
+    /// it only once every startup step is done.
     pub async fn serve(self, listener: Listener, router: Router, app: Arc<dyn App>) -> StopReport {
         let Lifecycle {
-            notifier,
+            mut notifier,
             mut signals,
             systemd,
             mut settings,
             handle,
+            hand_over,
+            control,
+            predecessor,
         } = self;
+        let http_fd = listener.socket.as_raw_fd();
         let connection_settings = Arc::new(RwLock::new(ConnectionSettings {
             header_read_timeout: settings.header_read_timeout,
             idle_close: settings.idle_close,
@@ -362,22 +481,39 @@ impl Lifecycle {
             handle.inner.stopping.clone(),
             handle.inner.counters.clone(),
         );
+        // This process accepts now; the predecessor may stop accepting.
+        let predecessor = match predecessor {
+            Some(p) => Some(p.serving().await),
+            None => None,
+        };
+        let control_fd = control.as_ref().map(|c| c.listener.as_raw_fd());
+        let control_stop = CancellationToken::new();
+        let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<HandOverRequest>(4);
+        if let Some(control) = control {
+            control.spawn(control_tx, control_stop.clone());
+        }
         // WATCHDOG_USEC=0 is no watchdog (libsystemd rejects it), and a zero period would
         // panic in `tokio::time::interval`.
-        let watchdog_task = systemd
-            .watchdog
-            .filter(|interval| !interval.is_zero())
-            .map(|interval| tokio::spawn(watchdog(notifier.clone(), interval)));
+        let watchdog_interval = systemd.watchdog.filter(|interval| !interval.is_zero());
+        let mut watchdog_task =
+            watchdog_interval.map(|interval| tokio::spawn(watchdog(notifier.clone(), interval)));
 
         handle.set_state(State::Ready);
-        notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
-        tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "ready");
+        if predecessor.is_some() {
+            // READY=1 went out with MAINPID= in the predecessor's last message.
+            notifier.send(&[Message::Status(app.report().status_line)]);
+            tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "took over; serving");
+        } else {
+            notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
+            tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "ready");
+        }
 
         let mut status_line = app.report().status_line;
         let mut status_refresh = tokio::time::interval(STATUS_REFRESH_EVERY);
-        let fast = loop {
-            let signal = tokio::select! {
-                signal = signals.next() => signal,
+        let end = loop {
+            let (signal, request) = tokio::select! {
+                signal = signals.next() => (Some(signal), None),
+                Some(request) = control_rx.recv() => (None, Some(request)),
                 _ = status_refresh.tick() => {
                     // STATUS= tells the truth between state changes too (queue depth, jobs).
                     let line = app.report().status_line;
@@ -388,77 +524,151 @@ impl Lifecycle {
                     continue;
                 }
             };
-            match signal {
-                Some(Signal::Stop) | None => break false,
-                Some(Signal::FastStop) => break true,
-                Some(Signal::Report) => log_report(&handle, &notifier, &*app),
-                Some(Signal::Reload) => {
-                    handle.set_state(State::Reloading);
-                    notifier.send(&[Message::Reloading, Message::Status("reloading".into())]);
-                    // Signals are read during the reload too: a stop must not wait for it.
-                    let reload = tokio::time::timeout(settings.step_timeout, app.reload());
-                    tokio::pin!(reload);
-                    let result = loop {
-                        tokio::select! {
-                            result = &mut reload => break Ok(result),
-                            signal = signals.next() => match signal {
-                                Some(Signal::Stop) | None => break Err(false),
-                                Some(Signal::FastStop) => break Err(true),
-                                Some(Signal::Report) => log_report(&handle, &notifier, &*app),
-                                Some(Signal::Reload) => tracing::info!("a reload is already in progress"),
-                            },
-                        }
-                    };
-                    let result = match result {
-                        Ok(result) => result,
-                        Err(fast) => {
-                            tracing::warn!("stop requested during a reload; the reload was abandoned, stopping on the previous configuration");
-                            break fast;
-                        }
-                    };
-                    match result {
-                        Ok(Ok(new)) => {
+            let reply = match (signal, request) {
+                (Some(Some(Signal::Stop) | None), _) => break End::Stop { fast: false },
+                (Some(Some(Signal::FastStop)), _) => break End::Stop { fast: true },
+                (Some(Some(Signal::Report)), _) => {
+                    log_report(&handle, &notifier, &*app);
+                    continue;
+                }
+                (Some(Some(Signal::Reload)), _) => {
+                    match reload_in_process(&handle, &notifier, &mut signals, &*app, settings).await {
+                        Ok(new) => {
                             settings = new;
                             *connection_settings.write().expect("settings lock poisoned") =
                                 ConnectionSettings { header_read_timeout: new.header_read_timeout, idle_close: new.idle_close };
-                            tracing::info!("configuration reloaded");
                         }
-                        Ok(Err(message)) => {
-                            tracing::warn!("reload rejected, still running on the previous configuration: {message}");
-                        }
-                        Err(_) => tracing::warn!(
-                            "reload did not finish within startup.step_timeout; still running on the previous configuration"
-                        ),
+                        Err(fast) => break End::Stop { fast },
                     }
-                    handle.set_state(State::Ready);
-                    notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
+                    continue;
+                }
+                (Some(Some(Signal::HandOver)), _) => None,
+                (None, Some(request)) => Some(request.reply),
+                (None, None) => continue,
+            };
+            let mut fds = vec![("http", http_fd)];
+            if let Some(fd) = control_fd {
+                fds.push(("control", fd));
+            }
+            let outcome = hand_over_to_new_process(
+                hand_over.as_ref(),
+                &fds,
+                watchdog_interval,
+                &handle,
+                &notifier,
+                &mut signals,
+                &*app,
+                settings.step_timeout,
+            )
+            .await;
+            match outcome {
+                HandOverEnd::Done(link) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(format!(
+                            "pid {} took over from pid {}",
+                            link.pid,
+                            std::process::id()
+                        )));
+                    }
+                    break End::HandedOver(link);
+                }
+                HandOverEnd::Failed(why) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(format!(
+                            "{why}; pid {} keeps serving",
+                            std::process::id()
+                        )));
+                    }
+                }
+                HandOverEnd::Stopped { fast } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err("a stop arrived during the hand-over".into()));
+                    }
+                    break End::Stop { fast };
                 }
             }
         };
+        control_stop.cancel();
+        // Requests that queued up meanwhile are answered by the channel closing.
+        drop(control_rx);
 
         // The stop. Signals keep being read: a second stop signal means "stop fast".
         handle.set_state(State::Draining);
         handle.inner.stopping.cancel();
-        notifier.send(&[
-            Message::Stopping,
-            Message::Status(format!(
-                "draining: {} requests in flight",
-                handle.in_flight()
-            )),
-        ]);
-        tracing::info!(fast, grace = %humantime::format_duration(settings.grace), "stop requested; draining");
         let fast_token = CancellationToken::new();
-        if fast {
-            fast_token.cancel();
+        // Cancelled when a stop is in force: at once, or after a hand-over when one arrives.
+        let stop_now = CancellationToken::new();
+        let mut successor_tasks = Vec::new();
+        let retiring = match end {
+            End::Stop { fast } => {
+                stop_now.cancel();
+                if fast {
+                    fast_token.cancel();
+                }
+                notifier.send(&[
+                    Message::Stopping,
+                    Message::Status(format!(
+                        "draining: {} requests in flight",
+                        handle.in_flight()
+                    )),
+                ]);
+                tracing::info!(fast, grace = %humantime::format_duration(settings.grace), "stop requested; draining");
+                None
+            }
+            End::HandedOver(link) => {
+                // Not the main process any more: systemd would refuse (and log) whatever
+                // this process sent, and the successor pings the watchdog now.
+                notifier = Notifier::Muted;
+                if let Some(w) = watchdog_task.take() {
+                    w.abort();
+                }
+                tracing::info!(
+                    successor = link.pid,
+                    "handed over to pid {}; draining requests here and letting running jobs finish",
+                    link.pid
+                );
+                let (stop_now, fast_token) = (stop_now.clone(), fast_token.clone());
+                let pid = link.pid;
+                successor_tasks.push(tokio::spawn(async move {
+                    link.stop.cancelled().await;
+                    if !stop_now.is_cancelled() {
+                        tracing::info!(successor = pid, "stop forwarded by pid {pid}; applying the stop plan");
+                    }
+                    stop_now.cancel();
+                    link.fast.cancelled().await;
+                    fast_token.cancel();
+                }));
+                Some(pid)
+            }
+        };
+        // The process this one took over from (still finishing its jobs) stops with it.
+        if let Some(link) = &predecessor {
+            let link_stop = stop_now.clone();
+            let link_fast = fast_token.clone();
+            let link = link.clone();
+            successor_tasks.push(tokio::spawn(async move {
+                link_stop.cancelled().await;
+                link.forward(StopRequest::Graceful).await;
+                link_fast.cancelled().await;
+                link.forward(StopRequest::Fast).await;
+            }));
         }
         let signal_task = {
             let fast_token = fast_token.clone();
+            let stop_now = stop_now.clone();
             let handle = handle.clone();
             let notifier = notifier.clone();
             let app = app.clone();
             tokio::spawn(async move {
                 while let Some(signal) = signals.next().await {
                     match signal {
+                        Signal::Stop | Signal::FastStop if !stop_now.is_cancelled() => {
+                            tracing::info!("stop requested; applying the stop plan");
+                            stop_now.cancel();
+                            if signal == Signal::FastStop {
+                                fast_token.cancel();
+                            }
+                        }
                         Signal::Stop | Signal::FastStop => {
                             if !fast_token.is_cancelled() {
                                 tracing::warn!("second stop signal: stopping fast (skipping the waits; still flushing and closing)");
@@ -466,20 +676,29 @@ impl Lifecycle {
                             }
                         }
                         Signal::Report => log_report(&handle, &notifier, &*app),
-                        Signal::Reload => tracing::info!("ignoring reload during the stop"),
+                        Signal::Reload | Signal::HandOver => {
+                            tracing::info!("ignoring {signal:?} during the stop")
+                        }
                     }
                 }
             })
         };
-        let report = stages::run_plan(
+        let mut report = stages::run_plan(
             app.stop_plan(),
             &mut server,
             settings.grace,
-            fast_token,
+            fast_token.clone(),
             &notifier,
+            retiring.map(|_| stop_now.clone()),
         )
         .await;
+        if let Some(link) = &predecessor {
+            wait_for_predecessor(link, &stop_now, settings.grace, &notifier, &mut report).await;
+        }
         signal_task.abort();
+        for task in successor_tasks {
+            task.abort();
+        }
         if let Some(w) = watchdog_task {
             w.abort();
         }
@@ -505,6 +724,183 @@ impl Lifecycle {
             );
         }
         report
+    }
+}
+
+/// Waits until `signals` yields a stop (or ends); other signals are logged and ignored.
+async fn wait_for_stop(signals: &mut SignalStream) {
+    while let Some(signal) = signals.next().await {
+        match signal {
+            Signal::Stop | Signal::FastStop => return,
+            other => tracing::info!(signal = ?other, "ignoring {other:?} during startup"),
+        }
+    }
+}
+
+/// SIGHUP: the application re-reads its configuration in this process. `Err(fast)` when a
+/// stop arrived meanwhile (the reload is abandoned and the stop begins).
+async fn reload_in_process(
+    handle: &Handle,
+    notifier: &Notifier,
+    signals: &mut SignalStream,
+    app: &dyn App,
+    settings: Settings,
+) -> Result<Settings, bool> {
+    handle.set_state(State::Reloading);
+    notifier.send(&[Message::Reloading, Message::Status("reloading".into())]);
+    // Signals are read during the reload too: a stop must not wait for it.
+    let reload = tokio::time::timeout(settings.step_timeout, app.reload());
+    tokio::pin!(reload);
+    let result = loop {
+        tokio::select! {
+            result = &mut reload => break result,
+            signal = signals.next() => match signal {
+                Some(Signal::Stop) | None => {
+                    tracing::warn!("stop requested during a reload; the reload was abandoned, stopping on the previous configuration");
+                    return Err(false);
+                }
+                Some(Signal::FastStop) => {
+                    tracing::warn!("stop requested during a reload; the reload was abandoned, stopping on the previous configuration");
+                    return Err(true);
+                }
+                Some(Signal::Report) => log_report(handle, notifier, app),
+                Some(Signal::Reload | Signal::HandOver) => tracing::info!("a reload is already in progress"),
+            },
+        }
+    };
+    let settings = match result {
+        Ok(Ok(new)) => {
+            tracing::info!("configuration reloaded");
+            new
+        }
+        Ok(Err(message)) => {
+            tracing::warn!("reload rejected, still running on the previous configuration: {message}");
+            settings
+        }
+        Err(_) => {
+            tracing::warn!(
+                "reload did not finish within startup.step_timeout; still running on the previous configuration"
+            );
+            settings
+        }
+    };
+    handle.set_state(State::Ready);
+    notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
+    Ok(settings)
+}
+
+/// Starts a new process of the same program with this one's sockets and makes it the main
+/// process once it is ready. See [`handover`].
+#[allow(clippy::too_many_arguments)]
+async fn hand_over_to_new_process(
+    settings: Option<&HandOverSettings>,
+    fds: &[(&str, std::os::fd::RawFd)],
+    watchdog: Option<Duration>,
+    handle: &Handle,
+    notifier: &Notifier,
+    signals: &mut SignalStream,
+    app: &dyn App,
+    step_timeout: Duration,
+) -> HandOverEnd {
+    let Some(settings) = settings else {
+        let why = "this process cannot hand over (it was not given a program to start)".to_string();
+        tracing::warn!("hand-over refused: {why}");
+        return HandOverEnd::Failed(why);
+    };
+    handle.set_state(State::Reloading);
+    notifier.send(&[
+        Message::Reloading,
+        Message::Status("reloading: starting a new process to hand over to".into()),
+    ]);
+    tracing::info!(program = %settings.program.display(), "hand-over: starting {}", settings.program.display());
+    let started = Instant::now();
+    let start = handover::start(settings, fds, watchdog);
+    tokio::pin!(start);
+    let result = loop {
+        tokio::select! {
+            result = &mut start => break result,
+            signal = signals.next() => match signal {
+                Some(Signal::Stop) | None => {
+                    tracing::warn!("stop requested during a hand-over; the new process is abandoned");
+                    return HandOverEnd::Stopped { fast: false };
+                }
+                Some(Signal::FastStop) => {
+                    tracing::warn!("stop requested during a hand-over; the new process is abandoned");
+                    return HandOverEnd::Stopped { fast: true };
+                }
+                Some(Signal::Report) => log_report(handle, notifier, app),
+                Some(Signal::Reload | Signal::HandOver) => tracing::info!("a hand-over is already in progress"),
+            },
+        }
+    };
+    match result {
+        Ok(successor) => {
+            let pid = successor.pid;
+            // The last message of this process as the main one: name the successor, and say
+            // the reload is done, in one datagram (MAINPID= is applied first).
+            notifier.send(&[
+                Message::MainPid(pid as u32),
+                Message::Ready,
+                Message::Status(format!("ready: took over from pid {}", std::process::id())),
+            ]);
+            let link = successor.confirm(step_timeout).await;
+            tracing::info!(
+                successor = pid,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "hand-over to pid {pid} done in {:.0?}",
+                started.elapsed()
+            );
+            HandOverEnd::Done(link)
+        }
+        Err(e) => {
+            tracing::warn!("hand-over failed: {e}; this process (pid {}) keeps serving", std::process::id());
+            handle.set_state(State::Ready);
+            notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
+            HandOverEnd::Failed(e.to_string())
+        }
+    }
+}
+
+/// After its own stop plan, a process started by a hand-over waits for its predecessor to
+/// exit, so the service's processes all end within the stop: with no stop in force (a
+/// retirement), for as long as it takes; once a stop is in force, up to `grace` from then.
+async fn wait_for_predecessor(
+    link: &handover::PredecessorLink,
+    stop_now: &CancellationToken,
+    grace: Duration,
+    notifier: &Notifier,
+    report: &mut StopReport,
+) {
+    let gone = link.gone();
+    if gone.is_cancelled() {
+        return;
+    }
+    let started = Instant::now();
+    tracing::info!("waiting for the previous process to finish its jobs and exit");
+    tokio::select! {
+        _ = gone.cancelled() => {}
+        _ = stop_now.cancelled() => {}
+    }
+    let deadline = Instant::now() + grace;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let done = loop {
+        tokio::select! {
+            _ = gone.cancelled() => break true,
+            _ = tokio::time::sleep_until(deadline) => break false,
+            _ = heartbeat.tick() => notifier.send(&[Message::ExtendTimeout(Duration::from_secs(3))]),
+        }
+    };
+    let took = started.elapsed();
+    report.stages.push(("predecessor", took));
+    report.elapsed += took;
+    if done {
+        tracing::info!(duration_ms = took.as_millis() as u64, "the previous process exited");
+    } else {
+        report.cut.push("predecessor");
+        tracing::warn!(
+            "the previous process did not exit within shutdown.grace ({}); systemd stops it with this unit",
+            humantime::format_duration(grace)
+        );
     }
 }
 

@@ -15,6 +15,9 @@ pub enum Notifier {
     Systemd,
     /// Each datagram's text, for in-process tests.
     Channel(mpsc::UnboundedSender<String>),
+    /// Nothing is sent: this process handed over and is not the main process any more
+    /// (with `NotifyAccess=main` systemd would log every message it sent as refused).
+    Muted,
 }
 
 /// One state change; several may travel in one datagram.
@@ -26,6 +29,8 @@ pub enum Message {
     Status(String),
     Watchdog,
     ExtendTimeout(Duration),
+    /// Names another process the main one (a hand-over).
+    MainPid(u32),
 }
 
 impl Notifier {
@@ -63,6 +68,7 @@ impl Notifier {
                             }
                         }
                         Message::Watchdog => states.push(sd_notify::NotifyState::Watchdog),
+                        Message::MainPid(pid) => states.push(sd_notify::NotifyState::MainPid(*pid)),
                         Message::ExtendTimeout(d) => {
                             states.push(sd_notify::NotifyState::ExtendTimeoutUsec(
                                 u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
@@ -78,6 +84,7 @@ impl Notifier {
                 let text: Vec<String> = messages.iter().map(render).collect();
                 let _ = tx.send(text.join("\n"));
             }
+            Notifier::Muted => {}
         }
     }
 
@@ -95,6 +102,7 @@ fn render(m: &Message) -> String {
         Message::Status(s) => format!("STATUS={}", one_line(s)),
         Message::Watchdog => "WATCHDOG=1".into(),
         Message::ExtendTimeout(d) => format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()),
+        Message::MainPid(pid) => format!("MAINPID={pid}"),
     }
 }
 

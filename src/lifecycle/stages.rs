@@ -42,6 +42,9 @@ pub struct Stage {
     pub cut_allowance: Duration,
     /// A waiting stage is cut at once by a fast stop; a non-waiting one (flush, close) still runs.
     pub waits: bool,
+    /// After a hand-over, this stage waits with no budget until a stop arrives (the jobs
+    /// stage: running jobs finish in the old process, bounded by their own timeouts).
+    pub outlasts_hand_over: bool,
     work: Work,
 }
 
@@ -54,6 +57,7 @@ impl Stage {
             budget: Duration::ZERO,
             cut_allowance: Duration::from_secs(1),
             waits: false,
+            outlasts_hand_over: false,
             work: Work::StopAccepting,
         }
     }
@@ -66,6 +70,7 @@ impl Stage {
             budget,
             cut_allowance: HTTP_CUT_ALLOWANCE,
             waits: true,
+            outlasts_hand_over: false,
             work: Work::HttpDrain,
         }
     }
@@ -84,6 +89,7 @@ impl Stage {
             budget,
             cut_allowance,
             waits: true,
+            outlasts_hand_over: false,
             work: Work::Custom(Box::new(work)),
         }
     }
@@ -101,8 +107,16 @@ impl Stage {
             budget,
             cut_allowance: Duration::ZERO,
             waits: false,
+            outlasts_hand_over: false,
             work: Work::Custom(Box::new(work)),
         }
+    }
+
+    /// Marks a waiting stage as one that, after a hand-over, waits for its work with no
+    /// budget until a stop arrives; from then on its budget applies as in any stop.
+    pub fn outlasting_hand_over(mut self) -> Self {
+        self.outlasts_hand_over = true;
+        self
     }
 }
 
@@ -110,8 +124,12 @@ impl Stage {
 pub struct StageContext {
     /// Cancelled when the stage must stop waiting and cut what remains.
     pub cut: CancellationToken,
-    /// When `cut` fires (unless a fast stop comes first).
+    /// When `cut` fires (unless a fast stop comes first). After a hand-over, while
+    /// `patience` is not cancelled, this is far away.
     pub deadline: Instant,
+    /// Only after a hand-over, for a stage that outlasts it: cancelled when a stop arrives.
+    /// Until then the stage lets its work finish undisturbed (no requeue, no cut).
+    pub patience: Option<CancellationToken>,
     notifier: Notifier,
 }
 
@@ -141,21 +159,35 @@ pub struct StopReport {
     pub elapsed: Duration,
 }
 
+/// How far away "no deadline" is: longer than any job's timeout.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Runs `plan` in order within `grace`. `fast` is cancelled by a second stop signal.
+///
+/// `patience` is `Some` after a hand-over: until it is cancelled (a stop arrived) stages that
+/// outlast a hand-over have no budget and the grace has not begun; from the moment it is
+/// cancelled, the grace and each remaining budget run as in any stop.
 pub(crate) async fn run_plan(
     plan: Vec<Stage>,
     server: &mut Server,
     grace: Duration,
     fast: CancellationToken,
     notifier: &Notifier,
+    patience: Option<CancellationToken>,
 ) -> StopReport {
     let started = Instant::now();
-    let grace_deadline = started + grace;
+    let mut grace_deadline = started + grace;
+    let mut patient = patience.clone().filter(|p| !p.is_cancelled());
+    if patient.is_some() {
+        grace_deadline = started + FAR;
+    }
     let mut report = StopReport::default();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     for stage in plan {
         let stage_started = Instant::now();
-        let soft = (stage_started + stage.budget).min(grace_deadline);
+        let waits_patiently = patient.is_some() && stage.outlasts_hand_over;
+        let budget = if waits_patiently { FAR } else { stage.budget };
+        let soft = (stage_started + budget).min(grace_deadline);
         let mut hard = (soft + stage.cut_allowance).min(grace_deadline.max(soft));
         let cut = CancellationToken::new();
         if stage.waits && fast.is_cancelled() {
@@ -165,6 +197,7 @@ pub(crate) async fn run_plan(
         let ctx = StageContext {
             cut: cut.clone(),
             deadline: soft,
+            patience: if waits_patiently { patience.clone() } else { None },
             notifier: notifier.clone(),
         };
         let name = stage.name;
@@ -200,6 +233,19 @@ pub(crate) async fn run_plan(
         let outcome = loop {
             tokio::select! {
                 outcome = work.as_mut() => break outcome,
+                _ = async { patient.as_ref().expect("guarded").cancelled().await }, if patient.is_some() => {
+                    // The stop after a hand-over: from now on the grace and the budgets count.
+                    let now = Instant::now();
+                    patient = None;
+                    grace_deadline = now + grace;
+                    let soft = (now + stage.budget).min(grace_deadline);
+                    let new_hard = (soft + stage.cut_allowance).min(grace_deadline.max(soft));
+                    if waits_patiently && !cut.is_cancelled() {
+                        hard = new_hard;
+                        soft_sleep.as_mut().reset(soft);
+                        hard_sleep.as_mut().reset(new_hard);
+                    }
+                }
                 _ = soft_sleep.as_mut(), if !cut.is_cancelled() => cut.cancel(),
                 _ = fast.cancelled(), if stage.waits && !cut.is_cancelled() => {
                     cut_by_fast = true;
