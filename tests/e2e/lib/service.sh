@@ -89,6 +89,7 @@ stop_shiftd() {
 # journal_has TEXT EPOCH_SECONDS: shiftd's journal has a line with TEXT since then.
 # (grep reads everything: with -q it would stop early and pipefail would see SIGPIPE.)
 journal_has() { journal_since "$2" | grep -F -- "$1" >/dev/null; }
+not_journal_has() { ! journal_has "$@"; }
 
 # restarted_since NRESTARTS MAINPID: systemd restarted shiftd by itself (NRestarts grew)
 # and a new main process runs.
