@@ -557,6 +557,7 @@ impl Lifecycle {
                 &handle,
                 &notifier,
                 &mut signals,
+                &mut control_rx,
                 &*app,
                 settings.step_timeout,
             )
@@ -589,8 +590,18 @@ impl Lifecycle {
             }
         };
         control_stop.cancel();
-        // Requests that queued up meanwhile are answered by the channel closing.
-        drop(control_rx);
+        // Requests that arrived meanwhile go to the new process if there is one.
+        control_rx.close();
+        while let Ok(request) = control_rx.try_recv() {
+            let _ = request.reply.send(Err(match &end {
+                End::HandedOver(link) => format!(
+                    "pid {} had just handed over to pid {}; run the reload again to hand over from it",
+                    std::process::id(),
+                    link.pid
+                ),
+                End::Stop { .. } => "the service is stopping".to_string(),
+            }));
+        }
 
         // The stop. Signals keep being read: a second stop signal means "stop fast".
         handle.set_state(State::Draining);
@@ -799,6 +810,7 @@ async fn hand_over_to_new_process(
     handle: &Handle,
     notifier: &Notifier,
     signals: &mut SignalStream,
+    requests: &mut tokio::sync::mpsc::Receiver<HandOverRequest>,
     app: &dyn App,
     step_timeout: Duration,
 ) -> HandOverEnd {
@@ -831,6 +843,10 @@ async fn hand_over_to_new_process(
                 Some(Signal::Report) => log_report(handle, notifier, app),
                 Some(Signal::Reload | Signal::HandOver) => tracing::info!("a hand-over is already in progress"),
             },
+            Some(request) = requests.recv() => {
+                // One hand-over at a time.
+                let _ = request.reply.send(Err("a hand-over is already in progress".into()));
+            }
         }
     };
     match result {
