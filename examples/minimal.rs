@@ -1,10 +1,12 @@
 //! The smallest service on `shiftd::lifecycle`: an axum app with no database that still
 //! gets READY/STATUS/STOPPING, socket activation, signals (stop, fast stop, reload, report),
-//! the watchdog, and a drain bounded by its budget.
+//! the watchdog, a drain bounded by its budget, and the hand-over to a new binary with no
+//! gap (SIGUSR2, or a client on the control socket as `shiftd reload` is).
 //!
 //! ```sh
 //! cargo run --example minimal                      # serves on 127.0.0.1:3000
 //! systemd-socket-activate -l 127.0.0.1:3000 target/debug/examples/minimal
+//! kill -USR2 <pid>                                 # a new process takes over the socket
 //! ```
 
 use std::process::ExitCode;
@@ -14,7 +16,9 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use futures::future::{BoxFuture, FutureExt};
-use shiftd::lifecycle::{self, App, Lifecycle, Notifier, Report, Settings, Stage, SystemdEnv};
+use shiftd::lifecycle::{
+    self, App, HandOverSettings, Lifecycle, Notifier, Report, Settings, Stage, SystemdEnv,
+};
 
 /// The lifecycle's settings; a real service reads them from its configuration.
 const SETTINGS: Settings = Settings {
@@ -57,6 +61,12 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         let signals = lifecycle::signals::os_signals().expect("install signal handlers");
         let mut life = Lifecycle::new(SETTINGS, systemd, Notifier::Systemd, signals);
+        // Hand-over: SIGUSR2 (or a request on this control socket) starts this same program
+        // with the listening socket; it takes over once its own startup is done.
+        life.enable_hand_over(HandOverSettings::from_current_process(
+            std::env::temp_dir().join("minimal-example-control.sock"),
+            SETTINGS.step_timeout,
+        ));
         let listener = match life.listener("127.0.0.1:3000").await {
             Ok(listener) => listener,
             Err(e) => {
@@ -64,6 +74,11 @@ fn main() -> ExitCode {
                 return ExitCode::from(69);
             }
         };
+        // Started by a hand-over: become the main process now (nothing below can fail).
+        if let Err(e) = life.take_over().await {
+            tracing::error!("{e}");
+            return ExitCode::from(69);
+        }
         let router = Router::new().route("/", get(|| async { "hello\n" }));
         let report = life.serve(listener, router, Arc::new(Minimal)).await;
         ExitCode::from(if report.cut.is_empty() { 0 } else { 75 })
