@@ -93,6 +93,9 @@ The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [au
 \fI/var/lib/shiftd/shiftd.db\fR
 The embedded SQLite database (StateDirectory=shiftd).
 .TP
+\fI/var/lib/shiftd/control.sock\fR
+Where \fBshiftd reload\fR asks the running process for a hand-over (only root and the service's user may).
+.TP
 \fI/etc/nginx/sites-available/shiftd\fR
 An nginx site proxying to the socket; enable it with a link in sites-enabled.
 .TP
@@ -102,6 +105,17 @@ Checks the user, the units, readiness through the socket and \fBshiftd check\fR,
 .TP
 \fBSHIFTD_\fISECTION\fB__\fIKEY\fR
 Overrides one configuration key, e.g. SHIFTD_HTTP__LISTEN=127.0.0.1:9000.
+.SH SIGNALS
+SIGTERM, SIGINT: graceful stop within shutdown.grace; a second one, or SIGQUIT: fast stop.
+SIGHUP: re-read the configuration in the running process. SIGUSR2: hand over to a new process
+(as \fBshiftd reload\fR, outcome in the log only). SIGUSR1: a status report in the log.
+.SH RELOAD AND UPGRADE
+\fBsystemctl reload shiftd\fR runs \fBshiftd reload\fR: the running process starts
+/usr/bin/shiftd with the listening socket, keeps serving until the new process is ready
+(migrations included), makes it the main process, then drains its requests and lets its
+running jobs finish untouched before it exits. A new process that cannot start is killed,
+the old one keeps serving, and the reload fails with the reason. Package upgrades reload the
+same way; the socket is never restarted.
 .SH EXIT STATUS
 0 clean stop; 75 stopped but a shutdown stage cut work (the warning names the setting to raise);
 69 a required startup step failed; 78 configuration error.

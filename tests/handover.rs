@@ -43,7 +43,9 @@ impl Successor {
         }
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let fd = AsyncFd::new(fd).expect("register the pidfd");
+        // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .unwrap_or_else(|e| panic!("register the pidfd: {e}"));
         let waited = tokio::time::timeout(timeout, fd.readable()).await;
         assert!(
             waited.is_ok(),
@@ -135,7 +137,11 @@ fn held_task(builder: ShiftdBuilder) -> ShiftdBuilder {
 async fn wait_file(path: &std::path::Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear within {timeout:?}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear within {timeout:?}",
+            path.display()
+        );
         tokio::time::sleep(millis(20)).await;
     }
 }
@@ -155,13 +161,27 @@ async fn a_reload_hands_over_and_the_old_process_finishes_its_running_job_untouc
     let handed = app.notify.wait_line("READY=1", secs(5)).await;
     let successor = Successor::from_mainpid(&handed);
     assert_ne!(successor.pid, app.pid.as_raw());
+    // Until it is the main process the new one says nothing: with NotifyAccess=main systemd
+    // would refuse it and log each refusal.
+    let all = app.notify.all();
+    let reloading = all.iter().position(|d| d.has("RELOADING=1")).expect("RELOADING=1");
+    let mainpid = all.iter().position(|d| d.has_key("MAINPID")).expect("MAINPID=");
+    assert!(
+        all[reloading + 1..mainpid].is_empty(),
+        "nothing between RELOADING=1 and MAINPID=:\n{}",
+        app.notify.dump()
+    );
     app.stderr
         .wait_contains(&format!("hand-over to pid {} done", successor.pid), secs(5))
         .await;
 
     // The new process serves; the old one still runs the job.
     for _ in 0..20 {
-        let r = client().get(format!("http://{}/healthz", app.addr)).send().await.unwrap();
+        let r = client()
+            .get(format!("http://{}/healthz", app.addr))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     assert_eq!(get_job(app.addr, id).await["state"], "running");
@@ -170,22 +190,35 @@ async fn a_reload_hands_over_and_the_old_process_finishes_its_running_job_untouc
     std::fs::write(work.join("release"), b"").unwrap();
     let job = wait_state(app.addr, id, "succeeded", secs(10)).await;
     assert_eq!(job["attempts"], 1, "never interrupted: {job}");
-    assert_eq!(app.wait_exit(secs(10)).await, 0, "the retired process exits cleanly");
+    assert_eq!(
+        app.wait_exit(secs(10)).await,
+        0,
+        "the retired process exits cleanly"
+    );
     assert!(
-        app.stderr.any(|l| l.text.contains("the 1 jobs running at the hand-over finished")).is_some(),
+        app.stderr
+            .any(|l| l
+                .text
+                .contains("the 1 jobs running at the hand-over finished"))
+            .is_some(),
         "{}",
         app.stderr.dump()
     );
 
     // The new process serves on alone, and stops on SIGTERM.
-    let r = client().get(format!("http://{}/readyz", app.addr)).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     successor.signal(nix::sys::signal::Signal::SIGTERM);
     successor.wait_gone(secs(10)).await;
 }
 
 #[tokio::test]
-async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_the_old_one_serves_on() {
+async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_the_old_one_serves_on(
+) {
     let app = Shiftd::builder().start().await;
     let good = std::fs::read_to_string(&app.config_path).unwrap();
     app.rewrite_config(&format!("{good}\n[bogus]\nkey = 1\n"));
@@ -193,7 +226,9 @@ async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_th
     let (code, stdout, stderr) = reload(&app, "30s").await;
     assert_eq!(code, 1, "shiftd reload: {stdout}{stderr}");
     assert!(
-        stderr.contains("could not start") && stderr.contains("bogus") && stderr.contains("keeps serving"),
+        stderr.contains("could not start")
+            && stderr.contains("bogus")
+            && stderr.contains("keeps serving"),
         "the reason reaches the caller: {stderr}"
     );
     assert!(
@@ -205,14 +240,21 @@ async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_th
     assert!(warning.text.contains("WARN"), "{}", warning.text);
     // Back to ready, and still serving.
     app.notify.wait_line("READY=1", secs(5)).await;
-    let r = client().get(format!("http://{}/readyz", app.addr)).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // With the configuration fixed, the next reload succeeds.
     app.rewrite_config(&good);
     let (code, stdout, stderr) = reload(&app, "30s").await;
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let handed = app.notify.wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID")).await;
+    let handed = app
+        .notify
+        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
+        .await;
     let successor = Successor::from_mainpid(&handed);
     assert_eq!(app.wait_exit(secs(10)).await, 0);
     successor.signal(nix::sys::signal::Signal::SIGTERM);
@@ -231,22 +273,39 @@ async fn a_stop_of_the_new_process_is_forwarded_to_the_old_one_and_both_exit_wit
     wait_file(&work.join("started"), secs(10)).await;
     let (code, stdout, stderr) = reload(&app, "30s").await;
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let handed = app.notify.wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID")).await;
+    let handed = app
+        .notify
+        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
+        .await;
     let successor = Successor::from_mainpid(&handed);
     // A hand-over needs no budget of its own: the job outlives jobs_drain untouched.
-    app.stderr.wait_contains("letting 1 running jobs finish", secs(5)).await;
+    app.stderr
+        .wait_contains("letting 1 running jobs finish", secs(5))
+        .await;
 
     let stopped = Instant::now();
     successor.signal(nix::sys::signal::Signal::SIGTERM);
-    app.stderr.wait_contains("stop forwarded by pid", secs(5)).await;
+    app.stderr
+        .wait_contains("stop forwarded by pid", secs(5))
+        .await;
     // The old process applies its stop plan: jobs_drain (1s), then the job is requeued.
     let code = app.wait_exit(secs(15)).await;
-    assert_eq!(code, 75, "work was cut (the job outlived jobs_drain): exit 75");
+    assert_eq!(
+        code, 75,
+        "work was cut (the job outlived jobs_drain): exit 75"
+    );
     successor.wait_gone(secs(15)).await;
-    assert!(stopped.elapsed() < secs(15), "both within the grace: {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < secs(15),
+        "both within the grace: {:?}",
+        stopped.elapsed()
+    );
     let job = get_job_from_db(&work).await;
     assert_eq!(job.0, id);
-    assert_eq!(job.1, "queued", "the interrupted job went back to the queue");
+    assert_eq!(
+        job.1, "queued",
+        "the interrupted job went back to the queue"
+    );
     std::fs::write(work.join("release"), b"").unwrap();
 }
 

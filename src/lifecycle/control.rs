@@ -109,7 +109,10 @@ async fn serve_one(stream: UnixStream, requests: mpsc::Sender<HandOverRequest>) 
                     .unwrap_or_else(|_| Err("the service is stopping".to_string()))
             }
         }
-        Ok(_) => Err(format!("unknown request {:?}; the only one is \"reload\"", line.trim_end())),
+        Ok(_) => Err(format!(
+            "unknown request {:?}; the only one is \"reload\"",
+            line.trim_end()
+        )),
         Err(_) => Err("no request within 5s".to_string()),
     };
     let text = match answer {

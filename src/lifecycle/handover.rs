@@ -319,7 +319,8 @@ pub async fn start(
                 -1 => Err(std::io::Error::last_os_error()),
                 0 => {
                     let pid = libc::getpid().to_le_bytes();
-                    if libc::write(theirs_fd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+                    if libc::write(theirs_fd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -330,7 +331,9 @@ pub async fn start(
     }
     let program = settings.program.display().to_string();
     let spawned = tokio::task::spawn_blocking(move || {
-        let result = command.spawn().and_then(|mut intermediate| intermediate.wait());
+        let result = command
+            .spawn()
+            .and_then(|mut intermediate| intermediate.wait());
         drop(theirs);
         result
     })
@@ -412,7 +415,10 @@ impl Successor {
         let requests = CancellationToken::new();
         let fast = CancellationToken::new();
         if self.writer.write_all(b"main\n").await.is_err() {
-            tracing::warn!(pid = self.pid, "the new process went away just after it was ready; stopping");
+            tracing::warn!(
+                pid = self.pid,
+                "the new process went away just after it was ready; stopping"
+            );
             requests.cancel();
         } else {
             let mut line = String::new();
@@ -441,7 +447,10 @@ impl Successor {
                 match reader.read_line(&mut line).await {
                     Ok(0) | Err(_) => {
                         if !r.is_cancelled() {
-                            tracing::warn!(pid, "the process this one handed over to has exited; stopping");
+                            tracing::warn!(
+                                pid,
+                                "the process this one handed over to has exited; stopping"
+                            );
                         }
                         r.cancel();
                         // Keep the write half until the process exits.

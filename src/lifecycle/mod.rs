@@ -245,6 +245,10 @@ pub struct Lifecycle {
     control: Option<control::ControlSocket>,
     /// After [`Lifecycle::take_over`]: the process this one took over from, told `main`.
     predecessor: Option<handover::Predecessor>,
+    /// A process started by a hand-over is not the main one until it has taken over: with
+    /// `NotifyAccess=main` systemd would refuse (and log) what it says before. Its notifier
+    /// waits here, muted, until then.
+    held_notifier: Option<Notifier>,
 }
 
 /// How the serving phase ended.
@@ -268,6 +272,11 @@ impl Lifecycle {
         notifier: Notifier,
         signals: SignalStream,
     ) -> Self {
+        let (notifier, held_notifier) = if systemd.predecessor.is_some() {
+            (Notifier::Muted, Some(notifier))
+        } else {
+            (notifier, None)
+        };
         notifier.status("starting");
         Self {
             notifier,
@@ -278,6 +287,7 @@ impl Lifecycle {
             hand_over: None,
             control: None,
             predecessor: None,
+            held_notifier,
         }
     }
 
@@ -313,11 +323,11 @@ impl Lifecycle {
             return Ok(());
         };
         let step = "take over";
-        let mut predecessor = handover::Predecessor::new(channel).map_err(|e| StartupError::Failed {
-            step,
-            message: format!("cannot use the channel to the previous process: {e}"),
-        })?;
-        self.notifier.status("starting: waiting for the previous process to hand over");
+        let mut predecessor =
+            handover::Predecessor::new(channel).map_err(|e| StartupError::Failed {
+                step,
+                message: format!("cannot use the channel to the previous process: {e}"),
+            })?;
         let limit = self.settings.step_timeout;
         let result = tokio::select! {
             result = tokio::time::timeout(limit, predecessor.ready()) => match result {
@@ -329,6 +339,9 @@ impl Lifecycle {
             }
         };
         result.map_err(|message| StartupError::Failed { step, message })?;
+        if let Some(notifier) = self.held_notifier.take() {
+            self.notifier = notifier;
+        }
         tracing::info!("the previous process handed over; this process is the main one now");
         self.predecessor = Some(predecessor);
         Ok(())
@@ -468,6 +481,7 @@ impl Lifecycle {
             hand_over,
             control,
             predecessor,
+            held_notifier: _,
         } = self;
         let http_fd = listener.socket.as_raw_fd();
         let connection_settings = Arc::new(RwLock::new(ConnectionSettings {
@@ -502,7 +516,10 @@ impl Lifecycle {
         if predecessor.is_some() {
             // READY=1 went out with MAINPID= in the predecessor's last message.
             notifier.send(&[Message::Status(app.report().status_line)]);
-            tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "took over; serving");
+            tracing::info!(
+                uptime_ms = handle.uptime().as_millis() as u64,
+                "took over; serving"
+            );
         } else {
             notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
             tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "ready");
@@ -532,11 +549,15 @@ impl Lifecycle {
                     continue;
                 }
                 (Some(Some(Signal::Reload)), _) => {
-                    match reload_in_process(&handle, &notifier, &mut signals, &*app, settings).await {
+                    match reload_in_process(&handle, &notifier, &mut signals, &*app, settings).await
+                    {
                         Ok(new) => {
                             settings = new;
                             *connection_settings.write().expect("settings lock poisoned") =
-                                ConnectionSettings { header_read_timeout: new.header_read_timeout, idle_close: new.idle_close };
+                                ConnectionSettings {
+                                    header_read_timeout: new.header_read_timeout,
+                                    idle_close: new.idle_close,
+                                };
                         }
                         Err(fast) => break End::Stop { fast },
                     }
@@ -643,7 +664,10 @@ impl Lifecycle {
                 successor_tasks.push(tokio::spawn(async move {
                     link.stop.cancelled().await;
                     if !stop_now.is_cancelled() {
-                        tracing::info!(successor = pid, "stop forwarded by pid {pid}; applying the stop plan");
+                        tracing::info!(
+                            successor = pid,
+                            "stop forwarded by pid {pid}; applying the stop plan"
+                        );
                     }
                     stop_now.cancel();
                     link.fast.cancelled().await;
@@ -785,7 +809,9 @@ async fn reload_in_process(
             new
         }
         Ok(Err(message)) => {
-            tracing::warn!("reload rejected, still running on the previous configuration: {message}");
+            tracing::warn!(
+                "reload rejected, still running on the previous configuration: {message}"
+            );
             settings
         }
         Err(_) => {
@@ -869,7 +895,10 @@ async fn hand_over_to_new_process(
             HandOverEnd::Done(link)
         }
         Err(e) => {
-            tracing::warn!("hand-over failed: {e}; this process (pid {}) keeps serving", std::process::id());
+            tracing::warn!(
+                "hand-over failed: {e}; this process (pid {}) keeps serving",
+                std::process::id()
+            );
             handle.set_state(State::Ready);
             notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
             HandOverEnd::Failed(e.to_string())
@@ -910,7 +939,10 @@ async fn wait_for_predecessor(
     report.stages.push(("predecessor", took));
     report.elapsed += took;
     if done {
-        tracing::info!(duration_ms = took.as_millis() as u64, "the previous process exited");
+        tracing::info!(
+            duration_ms = took.as_millis() as u64,
+            "the previous process exited"
+        );
     } else {
         report.cut.push("predecessor");
         tracing::warn!(

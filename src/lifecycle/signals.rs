@@ -25,7 +25,8 @@ pub type SignalStream = BoxStream<'static, Signal>;
 /// Installs the handlers and returns their stream. Call it early, so that a SIGTERM during
 /// startup is seen rather than killing the process mid-migration.
 pub fn os_signals() -> std::io::Result<SignalStream> {
-    let signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2])?;
+    let signals =
+        signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2])?;
     Ok(signals
         .filter_map(|raw| async move {
             match raw {

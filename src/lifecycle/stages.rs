@@ -197,7 +197,11 @@ pub(crate) async fn run_plan(
         let ctx = StageContext {
             cut: cut.clone(),
             deadline: soft,
-            patience: if waits_patiently { patience.clone() } else { None },
+            patience: if waits_patiently {
+                patience.clone()
+            } else {
+                None
+            },
             notifier: notifier.clone(),
         };
         let name = stage.name;
