@@ -44,8 +44,8 @@ impl Successor {
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .unwrap_or_else(|e| panic!("register the pidfd: {e}"));
+        let fd =
+            unsafe { AsyncFd::register(fd) }.unwrap_or_else(|e| panic!("register the pidfd: {e}"));
         let waited = tokio::time::timeout(timeout, fd.readable()).await;
         assert!(
             waited.is_ok(),
@@ -164,8 +164,14 @@ async fn a_reload_hands_over_and_the_old_process_finishes_its_running_job_untouc
     // Until it is the main process the new one says nothing: with NotifyAccess=main systemd
     // would refuse it and log each refusal.
     let all = app.notify.all();
-    let reloading = all.iter().position(|d| d.has("RELOADING=1")).expect("RELOADING=1");
-    let mainpid = all.iter().position(|d| d.has_key("MAINPID")).expect("MAINPID=");
+    let reloading = all
+        .iter()
+        .position(|d| d.has("RELOADING=1"))
+        .expect("RELOADING=1");
+    let mainpid = all
+        .iter()
+        .position(|d| d.has_key("MAINPID"))
+        .expect("MAINPID=");
     assert!(
         all[reloading + 1..mainpid].is_empty(),
         "nothing between RELOADING=1 and MAINPID=:\n{}",

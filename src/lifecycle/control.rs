@@ -43,6 +43,13 @@ impl ControlSocket {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     use std::os::unix::fs::FileTypeExt;
                     if meta.file_type().is_socket() {
+                        // A live process answers: it is not ours to take.
+                        if StdUnixStream::connect(path).is_ok() {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                "another process is listening on it (two services on one state directory?)",
+                            ));
+                        }
                         std::fs::remove_file(path)?;
                     }
                 }

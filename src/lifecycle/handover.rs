@@ -350,14 +350,25 @@ pub async fn start(
         .map_err(|e| HandOverError::Channel(e.to_string()))?
         .into_split();
     let mut reader = BufReader::new(read);
+    let deadline = tokio::time::Instant::now() + settings.ready_timeout;
     let mut pid_bytes = [0u8; 4];
-    reader
-        .read_exact(&mut pid_bytes)
-        .await
-        .map_err(|e| HandOverError::Channel(format!("the new process did not say its pid: {e}")))?;
+    // The grandchild wrote its pid before exec, so this is immediate; bounded all the same.
+    match tokio::time::timeout_at(deadline, reader.read_exact(&mut pid_bytes)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(HandOverError::Channel(format!(
+                "the new process did not say its pid: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(HandOverError::Channel(
+                "the new process did not say its pid in time".into(),
+            ))
+        }
+    }
     let pid = i32::from_le_bytes(pid_bytes);
     let mut line = String::new();
-    let read = tokio::time::timeout(settings.ready_timeout, reader.read_line(&mut line)).await;
+    let read = tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await;
     let outcome = match read {
         Err(_) => Err(HandOverError::TimedOut {
             pid,
