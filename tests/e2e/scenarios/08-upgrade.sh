@@ -44,5 +44,12 @@ scenario_main() {
   socket_now=$(unit_prop shiftd.socket ActiveEnterTimestamp)
   check "shiftd.socket was never restarted ($socket_since -> $socket_now)" -- [ "$socket_now" = "$socket_since" ]
   figure "socket untouched since $socket_since"
+  if [[ -f $E2E_WORK/load-steady.json ]]; then
+    # The reload scenario measured the same load with no restart in this run.
+    local steady upgrade
+    steady=$("${E2E_PY[@]}" field "$E2E_WORK/load-steady.json" get.p99_ms)
+    upgrade=$("${E2E_PY[@]}" field "$E2E_WORK/load-upgrade.json" get.p99_ms)
+    figure "GET p99: $(printf '%.0f' "$upgrade") ms across the upgrade vs $(printf '%.0f' "$steady") ms steady ($(python3 -c "print(f'{$upgrade / max($steady, 0.001):.2f}')")x)"
+  fi
   check_load_jobs_final upgrade 120
 }
