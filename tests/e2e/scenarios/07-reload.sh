@@ -17,6 +17,10 @@ scenario_main() {
   id=$("${E2E_PY[@]}" submit fast)
   "${E2E_PY[@]}" wait-job "$id" --state succeeded --timeout 30 >/dev/null
 
+  # A few seconds of the same load first, not counted: the first seconds after a start
+  # (connection pools, nginx's upstream keepalive, page cache) would inflate the baseline.
+  start_load warmup 5 "/v1/jobs/$id"
+  finish_load warmup
   start_load steady "$E2E_STEADY_LOAD_SECONDS" "/v1/jobs/$id"
   finish_load steady
 
