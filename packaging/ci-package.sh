@@ -260,8 +260,7 @@ wait_for 60 "shiftd.service active" ns_exec systemctl is-active --quiet shiftd.s
     { ns_exec journalctl -q --no-pager -u shiftd.service -n 40 >&2 || true; fail "shiftd.service did not start after a fresh install"; }
 say "ok: fresh install enabled and started both units"
 # ExecReload=shiftd check runs inside the sandbox as the user shiftd; it must still be
-# able to ask systemd about the unit rather than skip the comparison. (ExecStartPre skips
-# it on purpose, to keep restarts fast.)
+# able to ask systemd about the unit rather than skip the comparison.
 ns_exec timeout 30 systemctl reload shiftd.service || fail "systemctl reload shiftd failed after a fresh install"
 unit_checked() { ns_exec journalctl -q --no-pager -u shiftd.service -o cat | grep -qF "TimeoutStopSec=${unit_stop}s fits"; }
 wait_for 10 "the unit check in the journal" unit_checked ||
