@@ -27,11 +27,11 @@ pub enum Command {
     /// Validate the configuration, print the effective settings and the total stop budget,
     /// and compare them with the installed systemd unit. Exit 0, or 78 when something does not fit.
     Check {
-        /// Print nothing unless something is wrong (for ExecStartPre=).
+        /// Print nothing unless something is wrong (for scripts).
         #[arg(long)]
         quiet: bool,
-        /// Do not ask systemd about the installed unit. That query costs about 100 ms, which
-        /// every restart would wait for; the unit is still checked at reload and by hand.
+        /// Do not ask systemd about the installed unit (a query of about 100 ms): validate the
+        /// configuration alone, e.g. a new file before it is put in place.
         #[arg(long)]
         skip_unit: bool,
     },

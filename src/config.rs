@@ -23,8 +23,12 @@ pub const REQUEUE_ALLOWANCE: Duration = Duration::from_secs(1);
 pub const ENV_PREFIX: &str = "SHIFTD";
 
 /// A configuration problem: which key, and what would be accepted.
+///
+/// Shown as one line that names the key, says what is wrong and what to do, because it is
+/// often all an operator sees: `shiftd serve` prints it before exiting 78 (systemd does not
+/// restart on 78), and a refused reload logs it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("configuration error at `{key}`: {message}")]
+#[error("configuration error at `{key}`: {message}; fix it, `shiftd check` confirms the fix")]
 pub struct ConfigError {
     /// Dotted path of the offending key (`shutdown.grace`), or the file for read errors.
     pub key: String,
@@ -768,6 +772,13 @@ mod tests {
         let e = load("[http]\nlisten_addr = \"x\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "http.listen_addr", "{e}");
         assert!(e.message.contains("unknown field"), "{e}");
+        // One line that names the key and says what to do: the journal line of a refused start.
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("`http.listen_addr`") && line.contains("shiftd check"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -7,18 +7,32 @@ E2E_CONFIG=/etc/shiftd/shiftd.toml
 install_deb() {
   local deb=$1 name
   name=$(basename "$deb")
+  place_socket_port
   ns_put "/root/$name" 0644 <"$deb"
   ns_exec -t 300 apt-get install -y -q "/root/$name" >"$E2E_WORK/apt-$name.log" 2>&1 ||
     { tail -30 "$E2E_WORK/apt-$name.log" >&2; return 1; }
 }
 
-# Points nginx at shiftd with the site the package ships, on $E2E_HTTP_PORT.
+# Moves shiftd.socket to $E2E_BACKEND_PORT when that is not the packaged 8080, with the
+# drop-in an operator would write (shiftd.socket's comment). Put in place before the
+# package is installed, so the socket never binds 8080, which another run may hold.
+place_socket_port() {
+  [[ $E2E_BACKEND_PORT == 8080 ]] && return 0
+  printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\n' "$E2E_BACKEND_PORT" |
+    ns_put /etc/systemd/system/shiftd.socket.d/e2e-port.conf 0644
+}
+
+# Points nginx at shiftd with the site the package ships, on $E2E_HTTP_PORT, to the
+# socket's port $E2E_BACKEND_PORT.
 enable_nginx_site() {
   ns_sh "test -f /etc/nginx/sites-available/shiftd" ||
     { log "the package ships no /etc/nginx/sites-available/shiftd"; return 1; }
   ns_sh "ln -sf /etc/nginx/sites-available/shiftd /etc/nginx/sites-enabled/shiftd && rm -f /etc/nginx/sites-enabled/default"
   if [[ $E2E_HTTP_PORT != 80 ]]; then
     ns_sh "sed -i -E 's/listen( +)(\\[::\\]:)?80([ ;])/listen\\1\\2$E2E_HTTP_PORT\\3/' /etc/nginx/sites-available/shiftd"
+  fi
+  if [[ $E2E_BACKEND_PORT != 8080 ]]; then
+    ns_sh "sed -i -E 's/server 127\\.0\\.0\\.1:8080;/server 127.0.0.1:$E2E_BACKEND_PORT;/' /etc/nginx/sites-available/shiftd"
   fi
   ns_exec nginx -t >"$E2E_WORK/nginx-t.log" 2>&1 || { cat "$E2E_WORK/nginx-t.log" >&2; return 1; }
   ns_exec systemctl restart nginx

@@ -3,9 +3,9 @@
 # run time while shutdown.jobs_drain (12 s) covers it. The stop must end without a kill,
 # which only EXTEND_TIMEOUT_USEC heartbeats can make true, and the job must succeed.
 #
-# The restart is done as stop, then start without the drop-in: `shiftd check` runs as
-# ExecStartPre and may rightly refuse to start under a unit whose TimeoutStopSec cannot
-# hold shutdown.grace; the stop is what this scenario is about.
+# The restart is done as stop, then start without the drop-in: a TimeoutStopSec that cannot
+# hold shutdown.grace is no unit to go on serving under (`shiftd check` at the next reload
+# would refuse it); the stop is what this scenario is about.
 
 STOP_TIMEOUT=3
 

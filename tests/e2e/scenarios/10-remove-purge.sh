@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# 9. Remove and purge: `apt remove` stops shiftd cleanly and keeps configuration, state
+# 10. Remove and purge: `apt remove` stops shiftd cleanly and keeps configuration, state
 # and user; `apt purge` removes all three.
 
 scenario_main() {

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# 10. Journal audit across every scenario of this run: no stop ever ran out of time
+# 11. Journal audit across every scenario of this run: no stop ever ran out of time
 # ("State 'stop-sigterm' timed out", "Failed with result 'timeout'") and no error-level line
 # of shiftd's units except those a scenario caused on purpose (see expect_errors).
 
