@@ -51,8 +51,7 @@ fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("shiftd: {e}");
-            eprintln!("shiftd: fix the configuration (`shiftd check` shows what is in force); not starting");
-            systemd.report_failure(&format!("configuration error: {e}"));
+            systemd.report_failure(&e.to_string());
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -108,7 +107,6 @@ fn reload(config_path: Option<&std::path::Path>, timeout: Option<std::time::Dura
             Ok(config) => service::hand_over_timeout(&config) + std::time::Duration::from_secs(5),
             Err(e) => {
                 eprintln!("shiftd: reload refused: {e}");
-                eprintln!("shiftd: fix the configuration (`shiftd check` shows what is in force); the running process keeps serving");
                 return ExitCode::from(exit::CONFIG);
             }
         },
