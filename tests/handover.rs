@@ -9,6 +9,7 @@ mod common;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use common::faults::wait_file;
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::unix::AsyncFd;
@@ -126,6 +127,17 @@ async fn reload(app: &Shiftd, timeout: &str) -> (i32, String, String) {
     )
 }
 
+/// `shiftd reload` succeeds: the new process, as the old one named it in `MAINPID=`.
+async fn reload_ok(app: &Shiftd) -> Successor {
+    let (code, stdout, stderr) = reload(app, "30s").await;
+    assert_eq!(code, 0, "shiftd reload: {stdout}{stderr}\n{}", app.dump());
+    let handed = app
+        .notify
+        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
+        .await;
+    Successor::from_mainpid(&handed)
+}
+
 /// A task whose job runs until the test creates `release` in the work directory.
 fn held_task(builder: ShiftdBuilder) -> ShiftdBuilder {
     let dir = builder.workdir().path().display().to_string();
@@ -134,17 +146,6 @@ fn held_task(builder: ShiftdBuilder) -> ShiftdBuilder {
     ))
 }
 
-async fn wait_file(path: &std::path::Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear within {timeout:?}",
-            path.display()
-        );
-        tokio::time::sleep(millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn a_reload_hands_over_and_the_old_process_finishes_its_running_job_untouched() {
@@ -255,13 +256,7 @@ async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_th
 
     // With the configuration fixed, the next reload succeeds.
     app.rewrite_config(&good);
-    let (code, stdout, stderr) = reload(&app, "30s").await;
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    let handed = app
-        .notify
-        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
-        .await;
-    let successor = Successor::from_mainpid(&handed);
+    let successor = reload_ok(&app).await;
     assert_eq!(app.wait_exit(secs(10)).await, 0);
     successor.signal(nix::sys::signal::Signal::SIGTERM);
     successor.wait_gone(secs(10)).await;
@@ -277,13 +272,7 @@ async fn a_stop_of_the_new_process_is_forwarded_to_the_old_one_and_both_exit_wit
     let work = app.workdir().path().to_path_buf();
     let id = start_job(app.addr, "held").await;
     wait_file(&work.join("started"), secs(10)).await;
-    let (code, stdout, stderr) = reload(&app, "30s").await;
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    let handed = app
-        .notify
-        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
-        .await;
-    let successor = Successor::from_mainpid(&handed);
+    let successor = reload_ok(&app).await;
     // A hand-over needs no budget of its own: the job outlives jobs_drain untouched.
     app.stderr
         .wait_contains("letting 1 running jobs finish", secs(5))

@@ -8,6 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::faults::wait_file;
 use common::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -80,19 +81,6 @@ async fn wait_job(
             "job {id}: not {what} within {timeout:?}; last seen: {job}"
         );
         tokio::time::sleep(millis(50)).await;
-    }
-}
-
-/// Waits for a file a job creates to say it got that far.
-async fn wait_file(path: &std::path::Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear within {timeout:?}",
-            path.display()
-        );
-        tokio::time::sleep(millis(20)).await;
     }
 }
 
