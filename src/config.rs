@@ -206,9 +206,9 @@ pub struct JobsConfig {
     #[serde(with = "humantime_serde")]
     pub retain: Duration,
     /// Jobs claimed ahead of a free worker, held in a small local queue so one claim
-    /// statement serves several jobs. A job waits there at most a quarter of `lease`
-    /// (then it goes back to the queue, its attempt not counted). 0: claim only for free
-    /// workers.
+    /// statement serves several jobs (never past a task's `concurrency`). A job waits
+    /// there at most a quarter of `lease` (then it goes back to the queue, its attempt not
+    /// counted). 0: claim only for free workers.
     pub prefetch: u32,
     /// Most jobs one `POST /v1/tasks/{task}/jobs:batch` may add (1 to 10000).
     pub batch_max: u32,

@@ -562,9 +562,10 @@ async fn release(inner: &Inner, settings: &RunnerSettings, p: Prefetched) {
     }
 }
 
-/// What the next claim may take: per task, the free places under its `concurrency` plus
-/// the prefetch, less what waits locally; in all, the free workers plus the prefetch, less
-/// what waits locally, and nothing while no worker is free.
+/// What the next claim may take: per task, the free places under its `concurrency`
+/// (running and waiting here both count); in all, the free workers plus the prefetch, less
+/// what waits here, and nothing while no worker is free. So a job waits here only for a
+/// worker, never for its task's limit.
 fn claim_caps(
     inner: &Inner,
     settings: &RunnerSettings,
@@ -590,7 +591,9 @@ fn claim_caps(
         .iter()
         .map(|(name, task)| {
             let taken = per_task.get(name.as_str()).copied().unwrap_or(0);
-            let cap = (task.config.concurrency as usize + settings.prefetch).saturating_sub(taken);
+            // Never past the task's own limit, so no more of its jobs are `running` (in
+            // the database, in the API) than its concurrency allows.
+            let cap = (task.config.concurrency as usize).saturating_sub(taken);
             (name.clone(), cap)
         })
         .filter(|(_, cap)| *cap > 0)
