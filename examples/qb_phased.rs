@@ -14,9 +14,10 @@
 //! * `--process single`: what the runner did before batching: each worker loops
 //!   `Store::claim` (one job) then `Store::finish` (one commit each).
 //!   `batched`: what the runner does now: one claim loop takes up to its free workers plus
-//!   `--prefetch` jobs in one `Store::claim_batch`, a worker's slot is free again only once
-//!   its outcome is committed, and outcomes go through `shiftd::jobs::finisher::Finisher`
-//!   (the runner's own batching of completions). The job itself does nothing.
+//!   `--prefetch` jobs in one `Store::claim_batch`, a worker is free again once its job has
+//!   ended (its outcome is written meanwhile), and outcomes go through
+//!   `shiftd::jobs::finisher::Finisher` (the runner's own batching of completions); the
+//!   phase ends when every outcome has committed. The job itself does nothing.
 //!
 //! With `--start-at-ms`, the phase starts at that Unix time (several processes sharing one
 //! start). Prints one JSON line: `{"phase", "jobs", "seconds", "jobs_per_s",
@@ -216,6 +217,7 @@ async fn process_batched(
     let mut claims = 0u64;
     let mut drained = false;
     let mut done = 0u64;
+    let mut started = 0u64;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
     loop {
         while let Ok(r) = done_rx.try_recv() {
@@ -228,17 +230,21 @@ async fn process_batched(
                 break;
             };
             let (job, owner) = local.pop_front().expect("not empty");
+            started += 1;
             let finisher = finisher.clone();
             let freed = freed.clone();
             let done_tx = done_tx.clone();
             tokio::spawn(async move {
+                // The job itself does nothing. Its worker is free again once it has ended,
+                // as in the runner: the outcome is written while the next job runs.
+                drop(permit);
+                freed.notify_one();
                 let item = FinishItem::new(&job, &owner, &ok(), Duration::ZERO);
                 let r = match finisher.finish(item).await {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(anyhow::anyhow!("lost job {}", job.id)),
                     Err(e) => Err(e.into()),
                 };
-                drop(permit);
                 let _ = done_tx.send(r);
                 freed.notify_one();
             });
@@ -259,8 +265,11 @@ async fn process_batched(
             }
         }
         if drained && local.is_empty() && slots.available_permits() == workers {
-            while let Ok(r) = done_rx.try_recv() {
-                r?;
+            while done < started {
+                match done_rx.recv().await {
+                    Some(r) => r?,
+                    None => anyhow::bail!("a finish was lost"),
+                }
                 done += 1;
             }
             // A short claim may have been a moment's emptiness between other processes'

@@ -1341,6 +1341,11 @@ async fn record(
 ) {
     let job = &attempt.job;
     let owner = attempt.lease_owner.as_str();
+    // The attempt's process has ended: its worker may start the next job while this
+    // outcome is written (in a batch with others, `finisher.rs`). Its row stays `running`
+    // under this attempt's lease until the outcome commits.
+    inner.running.lock().expect("poisoned").remove(&job.id);
+    inner.wake.notify_one();
     // Output first, so whoever sees the final state can read the whole log.
     let _ = persist("write the job's output", attempt.lease, || {
         inner.output.flush()
