@@ -115,6 +115,9 @@ impl RunnerSettings {
 /// A job running in this process.
 struct Running {
     task: String,
+    /// The attempt's lease token: a later attempt of the same job in this process has
+    /// another, so ending one attempt never frees the other's place.
+    lease_owner: String,
     started: Instant,
     on_shutdown: OnShutdown,
     /// Stop it and record it as cancelled.
@@ -738,6 +741,7 @@ impl Attempt {
 fn spawn_job(inner: &Arc<Inner>, attempt: Attempt) {
     let running = Running {
         task: attempt.job.task.clone(),
+        lease_owner: attempt.lease_owner.clone(),
         started: Instant::now(),
         on_shutdown: attempt
             .task
@@ -749,13 +753,28 @@ fn spawn_job(inner: &Arc<Inner>, attempt: Attempt) {
     };
     let tokens = (running.cancel.clone(), running.requeue.clone());
     let id = attempt.job.id;
+    let owner = attempt.lease_owner.clone();
     inner.running.lock().expect("poisoned").insert(id, running);
     let inner2 = inner.clone();
     inner.jobs.spawn(async move {
         run_job(&inner2, attempt, tokens.0, tokens.1).await;
-        inner2.running.lock().expect("poisoned").remove(&id);
-        inner2.wake.notify_one();
+        free_worker(&inner2, id, &owner);
     });
+}
+
+/// The attempt no longer holds a worker (its process has ended). Only this attempt's
+/// entry goes: once its outcome committed, the job may already run again here as a new
+/// attempt, under another lease token.
+fn free_worker(inner: &Inner, id: i64, lease_owner: &str) {
+    let mut running = inner.running.lock().expect("poisoned");
+    if running
+        .get(&id)
+        .is_some_and(|r| r.lease_owner == lease_owner)
+    {
+        running.remove(&id);
+    }
+    drop(running);
+    inner.wake.notify_one();
 }
 
 /// Appends lines of one attempt to the buffer, numbering them and keeping to its cap.
@@ -1344,8 +1363,7 @@ async fn record(
     // The attempt's process has ended: its worker may start the next job while this
     // outcome is written (in a batch with others, `finisher.rs`). Its row stays `running`
     // under this attempt's lease until the outcome commits.
-    inner.running.lock().expect("poisoned").remove(&job.id);
-    inner.wake.notify_one();
+    free_worker(inner, job.id, owner);
     // Output first, so whoever sees the final state can read the whole log.
     let _ = persist("write the job's output", attempt.lease, || {
         inner.output.flush()
