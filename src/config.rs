@@ -181,6 +181,11 @@ impl Default for LogConfig {
     }
 }
 
+/// Largest `jobs.batch_max`: two binds a job keep one insert under every backend's bind limit.
+pub const MAX_BATCH: u32 = 10_000;
+/// Largest `jobs.prefetch`.
+pub const MAX_PREFETCH: u32 = 1_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
@@ -204,6 +209,13 @@ pub struct JobsConfig {
     /// Finished jobs and their output are deleted this long after they ended.
     #[serde(with = "humantime_serde")]
     pub retain: Duration,
+    /// Jobs claimed ahead of a free worker, held in a small local queue so one claim
+    /// statement serves several jobs (never past a task's `concurrency`). A job waits
+    /// there at most a quarter of `lease` (then it goes back to the queue, its attempt not
+    /// counted). 0: claim only for free workers.
+    pub prefetch: u32,
+    /// Most jobs one `POST /v1/tasks/{task}/jobs:batch` may add (1 to 10000).
+    pub batch_max: u32,
 }
 
 impl Default for JobsConfig {
@@ -216,6 +228,8 @@ impl Default for JobsConfig {
             max_output: ByteSize(16 << 20),
             output_buffer: ByteSize(4 << 20),
             retain: Duration::from_secs(14 * 24 * 3600),
+            prefetch: 4,
+            batch_max: 1000,
         }
     }
 }
@@ -580,6 +594,18 @@ impl Config {
         })?;
         if self.jobs.workers == 0 {
             return Err(ConfigError::new("jobs.workers", "must be at least 1"));
+        }
+        if !(1..=MAX_BATCH).contains(&self.jobs.batch_max) {
+            return Err(ConfigError::new(
+                "jobs.batch_max",
+                format!("must be 1 to {MAX_BATCH}"),
+            ));
+        }
+        if self.jobs.prefetch > MAX_PREFETCH {
+            return Err(ConfigError::new(
+                "jobs.prefetch",
+                format!("must be 0 to {MAX_PREFETCH}"),
+            ));
         }
         positive("jobs.poll_interval", self.jobs.poll_interval)?;
         positive("jobs.log_flush_interval", self.jobs.log_flush_interval)?;

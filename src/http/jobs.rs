@@ -16,6 +16,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::dbfault::{classify, FaultKind};
+use crate::jobs::store::NewJob;
 use crate::jobs::{Job, JobPage, JobState, ListFilter, OutputLine};
 
 /// Lines of output included in `GET /v1/jobs/{id}`.
@@ -36,6 +37,39 @@ pub struct CreateJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One job of a batch: its parameters and, optionally, its idempotency key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchJob {
+    /// Parameter values by name; each must match the task's rule.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// As the `Idempotency-Key` header of a single start: the same key and parameters
+    /// within 24 h name the same job. 1 to 200 visible ASCII characters, distinct within
+    /// the batch; keys are per token.
+    #[schema(pattern = "^[!-~]{1,200}$", min_length = 1, max_length = 200)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The body of a batch start.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobs {
+    /// 1 to `jobs.batch_max` jobs (1000 by default), all of one task.
+    pub jobs: Vec<BatchJob>,
+}
+
+/// The jobs of a batch, in the order of the request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchCreated {
+    /// The id of each job, in the order of the request (an existing job's id for a
+    /// replayed idempotency key).
+    pub ids: Vec<i64>,
+    /// How many of them this request added (the others existed already).
+    pub created: usize,
 }
 
 /// A job with the end of its output.
@@ -177,18 +211,11 @@ pub async fn create_job(
     };
     let key = match headers.get("idempotency-key") {
         None => None,
-        Some(v) => {
-            let key = v.to_str().ok().filter(|k| {
-                !k.is_empty()
-                    && k.len() <= MAX_IDEMPOTENCY_KEY
-                    && k.bytes().all(|b| b.is_ascii_graphic())
-            });
-            Some(key.ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                ))
-            })?)
-        }
+        Some(v) => Some(v.to_str().ok().filter(|k| valid_key(k)).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?),
     };
     let params = task
         .check_params(&request.params)
@@ -225,6 +252,126 @@ pub async fn create_job(
         status,
         [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
         Json(job),
+    )
+        .into_response())
+}
+
+/// An idempotency key as accepted: 1 to 200 visible ASCII characters.
+fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Start several jobs of a task with one commit.
+///
+/// All or nothing: every job is checked first, and the first one refused names its index
+/// (422); then all are stored by one commit, or none is. Each job may carry its own
+/// idempotency key, as the `Idempotency-Key` header of a single start: a key used by the
+/// same token within 24 h with the same parameters names the job made then (its id is in
+/// the answer, nothing is added); with other parameters the batch is refused (422).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{task}/jobs:batch",
+    tag = "jobs",
+    params(("task" = String, Path, description = "Task name")),
+    request_body(content = CreateJobs, description = "The jobs, in order"),
+    responses(
+        (status = 202, description = "Queued (some may have existed already)", body = BatchCreated),
+        (status = 200, description = "Every job existed already (each idempotency key was seen before)", body = BatchCreated),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Token may not start this task", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 413, description = "More jobs than jobs.batch_max, or a body over http.body_limit", body = ErrorBody),
+        (status = 422, description = "A job refused (the message names its index); nothing was queued", body = ErrorBody),
+        (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn create_jobs_batch(
+    State(state): State<AppState>,
+    Path(task_name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.auth().authenticate(&headers)?;
+    let task = state.task(&task_name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no task named `{task_name}`; GET /v1/tasks lists them"
+        ))
+    })?;
+    caller.may_use(&task_name)?;
+    let request: CreateJobs = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
+    })?;
+    let max = state.config().jobs.batch_max as usize;
+    if request.jobs.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "{} jobs in one batch; at most {max} (jobs.batch_max) per request",
+            request.jobs.len()
+        )));
+    }
+    if request.jobs.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "`jobs` is empty; a batch holds 1 or more jobs".into(),
+        ));
+    }
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+    let mut jobs = Vec::with_capacity(request.jobs.len());
+    for (i, job) in request.jobs.iter().enumerate() {
+        if let Some(key) = job.idempotency_key.as_deref() {
+            if !valid_key(key) {
+                return Err(ApiError::Unprocessable(format!(
+                    "jobs[{i}]: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters; nothing was queued"
+                )));
+            }
+            if let Some(first) = seen.insert(key, i) {
+                return Err(ApiError::Unprocessable(format!(
+                    "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}]; keys must be distinct within a batch; nothing was queued"
+                )));
+            }
+        }
+        let params = task
+            .check_params(&job.params)
+            .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
+        jobs.push(NewJob {
+            params: serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?,
+            idempotency_key: job.idempotency_key.clone(),
+        });
+    }
+    let done = state
+        .jobs
+        .store
+        .enqueue_batch(
+            &task_name,
+            &jobs,
+            i64::from(task.config.max_attempts),
+            caller.name.as_deref(),
+        )
+        .await?;
+    let done = done.map_err(|conflict| {
+        ApiError::Unprocessable(format!(
+            "jobs[{}]: idempotency_key `{}` was used for job {} with different parameters; use a new key; nothing was queued",
+            conflict.index,
+            jobs[conflict.index].idempotency_key.as_deref().unwrap_or_default(),
+            conflict.id
+        ))
+    })?;
+    let created = done.iter().filter(|e| e.existing_params.is_none()).count();
+    if created > 0 {
+        state.jobs.runner.wake();
+        tracing::info!(task = %task_name, jobs = done.len(), created, token = caller.name.as_deref().unwrap_or("-"), "batch of jobs queued");
+    }
+    let status = if created > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(BatchCreated {
+            ids: done.iter().map(|e| e.id).collect(),
+            created,
+        }),
     )
         .into_response())
 }

@@ -140,6 +140,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::readyz))
         .routes(routes!(health::status))
         .routes(routes!(jobs::create_job))
+        .routes(routes!(jobs::create_jobs_batch))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))

@@ -3,6 +3,7 @@
 //! Nothing here reads signals or talks to systemd: the runner takes part in a stop through
 //! [`Runner::drain`] and [`Runner::flush`], which `service::stop_plan` puts in the stage list.
 
+pub mod finisher;
 pub mod output;
 pub mod runner;
 pub mod shim;

@@ -20,9 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::finisher::Finisher;
 use super::output::OutputBuffer;
 use super::spawn::Spawner;
-use super::store::{now_ms, Finish, Job, JobState, OutputLine, Store};
+use super::store::{now_ms, Finish, FinishItem, Job, JobState, OutputLine, Store};
 use super::task::Task;
 use crate::config::{Config, OnShutdown, TaskConfig};
 use crate::dbfault::DbFault;
@@ -36,6 +37,13 @@ const SELF_EXE: &str = "/proc/self/exe";
 
 /// The claim loop's longest wait between tries while the database fails.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Outcomes are written in batches: what arrives within this window of the first, or
+/// while the previous write is in flight, goes in one statement. The window is the only
+/// re-run risk a crash adds (ARCHITECTURE.md, "Writes and leases").
+const FINISH_WINDOW: Duration = Duration::from_millis(2);
+/// Most outcomes in one statement.
+const FINISH_BATCH: usize = 256;
 
 /// How often the database's size and the job counts by state (a scan of every job) are
 /// read for `/v1/status` and `/metrics`, which serve them from memory.
@@ -66,6 +74,8 @@ pub struct RunnerSettings {
     /// `jobs.output_buffer`; read once, at start.
     pub output_buffer: usize,
     pub retain: Duration,
+    /// `jobs.prefetch`: jobs claimed ahead of a free worker.
+    pub prefetch: usize,
     pub tasks: BTreeMap<String, Arc<Task>>,
 }
 
@@ -80,6 +90,7 @@ impl RunnerSettings {
             max_output: config.jobs.max_output.0,
             output_buffer: usize::try_from(config.jobs.output_buffer.0).unwrap_or(usize::MAX),
             retain: config.jobs.retain,
+            prefetch: config.jobs.prefetch as usize,
             tasks,
         }
     }
@@ -87,6 +98,12 @@ impl RunnerSettings {
     /// How often this node writes its heartbeat row.
     fn heartbeat_every(&self) -> Duration {
         (self.lease / 3).min(Duration::from_secs(5))
+    }
+
+    /// How long a prefetched job may wait in the local queue before it goes back to the
+    /// database: a quarter of the lease, so it starts with most of its lease left.
+    fn prefetch_wait(&self) -> Duration {
+        self.lease / 4
     }
 
     /// How often finished jobs are looked for to expire.
@@ -98,6 +115,9 @@ impl RunnerSettings {
 /// A job running in this process.
 struct Running {
     task: String,
+    /// The attempt's lease token: a later attempt of the same job in this process has
+    /// another, so ending one attempt never frees the other's place.
+    lease_owner: String,
     started: Instant,
     on_shutdown: OnShutdown,
     /// Stop it and record it as cancelled.
@@ -137,6 +157,8 @@ pub struct Runner {
 
 struct Inner {
     store: Store,
+    /// Outcomes of attempts, written in batches.
+    finisher: Finisher,
     output: Arc<OutputBuffer>,
     spawner: Spawner,
     /// This process among the nodes sharing the database: unique per process.
@@ -201,6 +223,7 @@ impl Runner {
         let inner = Arc::new(Inner {
             output: Arc::new(OutputBuffer::new(store.clone(), settings.output_buffer)),
             spawner: Spawner::start()?,
+            finisher: Finisher::start(store.clone(), FINISH_WINDOW, FINISH_BATCH),
             store,
             node,
             claims: AtomicU64::new(0),
@@ -423,46 +446,67 @@ fn claim_backoff(poll: Duration, failures: u32) -> Duration {
         .min(MAX_CLAIM_BACKOFF.max(poll))
 }
 
+/// A job claimed ahead of a free worker, waiting in the claim loop's local queue.
+struct Prefetched {
+    job: Job,
+    lease_owner: String,
+    /// Taken before the claim was sent: the lease runs from here (see [`Attempt`]).
+    sent: Instant,
+    lease: Duration,
+}
+
 async fn claim_loop(inner: Arc<Inner>) {
     let mut failures = 0u32;
+    let mut local: std::collections::VecDeque<Prefetched> = Default::default();
     loop {
         if inner.stop_claiming.is_cancelled() {
-            return;
+            break;
         }
         let settings = inner.settings();
         let mut wait = settings.poll_interval;
-        let available = available_tasks(&inner, &settings);
-        if !available.is_empty() {
+        // Jobs waiting here start as soon as a worker (and their task's limit) allows;
+        // one that waited a quarter of its lease goes back to the queue.
+        start_local(&inner, &settings, &mut local).await;
+        if let Some(oldest) = local.front() {
+            let left =
+                (oldest.sent + settings.prefetch_wait()).saturating_duration_since(Instant::now());
+            wait = wait.min(left.max(Duration::from_millis(1)));
+        }
+        let (caps, limit) = claim_caps(&inner, &settings, &local);
+        if limit > 0 {
             let lease_owner = format!(
                 "{}/{}",
                 inner.node,
                 inner.claims.fetch_add(1, Ordering::Relaxed)
             );
             let sent = Instant::now();
-            // A claim that takes longer than the lease would hand out a job whose lease
+            // A claim that takes longer than the lease would hand out jobs whose lease
             // may have run out already; give up on it (a claim that still commits later
             // expires unrun and is claimed again).
             let claimed = tokio::time::timeout(
                 settings.lease,
-                inner.store.claim(&lease_owner, &available, settings.lease),
+                inner
+                    .store
+                    .claim_batch(&lease_owner, &caps, limit, settings.lease),
             )
             .await
             .unwrap_or(Err(sqlx::Error::PoolTimedOut));
             match claimed {
-                Ok(Some(job)) => {
+                Ok(jobs) => {
                     failures = 0;
-                    let attempt = Attempt {
-                        task: settings.tasks.get(&job.task).cloned(),
+                    let full = jobs.len() == limit;
+                    local.extend(jobs.into_iter().map(|job| Prefetched {
                         job,
-                        lease_owner,
+                        lease_owner: lease_owner.clone(),
+                        sent,
                         lease: settings.lease,
-                        lease_deadline: sent + settings.lease,
-                        max_output: settings.max_output,
-                    };
-                    spawn_job(&inner, attempt);
-                    continue;
+                    }));
+                    start_local(&inner, &settings, &mut local).await;
+                    if full {
+                        // There may be more: look again at once.
+                        continue;
+                    }
                 }
-                Ok(None) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     wait = claim_backoff(settings.poll_interval, failures);
@@ -473,11 +517,115 @@ async fn claim_loop(inner: Arc<Inner>) {
             }
         }
         tokio::select! {
-            _ = inner.stop_claiming.cancelled() => return,
+            _ = inner.stop_claiming.cancelled() => break,
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    // The stop: jobs claimed but not started go back to the queue, their attempt not counted.
+    let settings = inner.settings();
+    for p in local.drain(..) {
+        release(&inner, &settings, p).await;
+    }
+}
+
+/// Starts the local jobs that a free worker and their task's limit allow, oldest first;
+/// returns to the queue those that waited too long or whose task is gone.
+async fn start_local(
+    inner: &Arc<Inner>,
+    settings: &RunnerSettings,
+    local: &mut std::collections::VecDeque<Prefetched>,
+) {
+    let mut kept = std::collections::VecDeque::with_capacity(local.len());
+    let mut expired = Vec::new();
+    while let Some(p) = local.pop_front() {
+        if p.sent.elapsed() >= settings.prefetch_wait() {
+            expired.push(p);
+            continue;
+        }
+        let startable = {
+            let running = inner.running.lock().expect("poisoned");
+            running.len() < settings.workers
+                && match settings.tasks.get(&p.job.task) {
+                    Some(task) => {
+                        running.values().filter(|r| r.task == p.job.task).count()
+                            < task.config.concurrency as usize
+                    }
+                    // Removed by a reload: the attempt records it and requeues it.
+                    None => true,
+                }
+        };
+        if startable {
+            let attempt = Attempt {
+                task: settings.tasks.get(&p.job.task).cloned(),
+                job: p.job,
+                lease_owner: p.lease_owner,
+                lease: p.lease,
+                lease_deadline: p.sent + p.lease,
+                max_output: settings.max_output,
+            };
+            spawn_job(inner, attempt);
+        } else {
+            kept.push_back(p);
+        }
+    }
+    *local = kept;
+    for p in expired {
+        release(inner, settings, p).await;
+    }
+}
+
+/// Puts a prefetched job back in the queue without counting the attempt. If that fails,
+/// its lease runs out and it is claimed again (the attempt then counts).
+async fn release(inner: &Inner, settings: &RunnerSettings, p: Prefetched) {
+    let done = tokio::time::timeout(
+        settings.lease.min(Duration::from_secs(5)),
+        inner.store.requeue(p.job.id, &p.lease_owner),
+    )
+    .await;
+    if !matches!(done, Ok(Ok(_))) {
+        tracing::warn!(job = p.job.id, "cannot put a job claimed ahead back in the queue; it runs again once its lease has expired");
+    }
+}
+
+/// What the next claim may take: per task, the free places under its `concurrency`
+/// (running and waiting here both count); in all, the free workers plus the prefetch, less
+/// what waits here, and nothing while no worker is free. So a job waits here only for a
+/// worker, never for its task's limit.
+fn claim_caps(
+    inner: &Inner,
+    settings: &RunnerSettings,
+    local: &std::collections::VecDeque<Prefetched>,
+) -> (Vec<(String, usize)>, usize) {
+    let running = inner.running.lock().expect("poisoned");
+    let mut per_task: HashMap<&str, usize> = HashMap::new();
+    for r in running.values() {
+        *per_task.entry(r.task.as_str()).or_default() += 1;
+    }
+    for p in local {
+        *per_task.entry(p.job.task.as_str()).or_default() += 1;
+    }
+    // Only when a worker is free: no claim is made just to fill the local queue, so a
+    // node whose workers are all busy with long jobs leaves the queue to the others.
+    let limit = if running.len() < settings.workers {
+        (settings.workers + settings.prefetch).saturating_sub(running.len() + local.len())
+    } else {
+        0
+    };
+    let caps = settings
+        .tasks
+        .iter()
+        .map(|(name, task)| {
+            let taken = per_task.get(name.as_str()).copied().unwrap_or(0);
+            // Never past the task's own limit, so no more of its jobs are `running` (in
+            // the database, in the API) than its concurrency allows.
+            let cap = (task.config.concurrency as usize).saturating_sub(taken);
+            (name.clone(), cap)
+        })
+        .filter(|(_, cap)| *cap > 0)
+        .collect::<Vec<_>>();
+    let limit = if caps.is_empty() { 0 } else { limit };
+    (caps, limit)
 }
 
 /// The heartbeat (which also tells when the storage takes writes again), the queue view
@@ -589,26 +737,6 @@ async fn expire(inner: &Inner, settings: &RunnerSettings) {
     }
 }
 
-/// Tasks this process may start a job of now (worker and per-task limits).
-fn available_tasks(inner: &Inner, settings: &RunnerSettings) -> Vec<String> {
-    let running = inner.running.lock().expect("poisoned");
-    if running.len() >= settings.workers {
-        return Vec::new();
-    }
-    let mut per_task: HashMap<&str, usize> = HashMap::new();
-    for r in running.values() {
-        *per_task.entry(r.task.as_str()).or_default() += 1;
-    }
-    settings
-        .tasks
-        .iter()
-        .filter(|(name, task)| {
-            per_task.get(name.as_str()).copied().unwrap_or(0) < task.config.concurrency as usize
-        })
-        .map(|(name, _)| name.clone())
-        .collect()
-}
-
 /// One claimed attempt of a job.
 struct Attempt {
     job: Job,
@@ -636,6 +764,7 @@ impl Attempt {
 fn spawn_job(inner: &Arc<Inner>, attempt: Attempt) {
     let running = Running {
         task: attempt.job.task.clone(),
+        lease_owner: attempt.lease_owner.clone(),
         started: Instant::now(),
         on_shutdown: attempt
             .task
@@ -647,13 +776,28 @@ fn spawn_job(inner: &Arc<Inner>, attempt: Attempt) {
     };
     let tokens = (running.cancel.clone(), running.requeue.clone());
     let id = attempt.job.id;
+    let owner = attempt.lease_owner.clone();
     inner.running.lock().expect("poisoned").insert(id, running);
     let inner2 = inner.clone();
     inner.jobs.spawn(async move {
         run_job(&inner2, attempt, tokens.0, tokens.1).await;
-        inner2.running.lock().expect("poisoned").remove(&id);
-        inner2.wake.notify_one();
+        free_worker(&inner2, id, &owner);
     });
+}
+
+/// The attempt no longer holds a worker (its process has ended). Only this attempt's
+/// entry goes: once its outcome committed, the job may already run again here as a new
+/// attempt, under another lease token.
+fn free_worker(inner: &Inner, id: i64, lease_owner: &str) {
+    let mut running = inner.running.lock().expect("poisoned");
+    if running
+        .get(&id)
+        .is_some_and(|r| r.lease_owner == lease_owner)
+    {
+        running.remove(&id);
+    }
+    drop(running);
+    inner.wake.notify_one();
 }
 
 /// Appends lines of one attempt to the buffer, numbering them and keeping to its cap.
@@ -1239,6 +1383,10 @@ async fn record(
 ) {
     let job = &attempt.job;
     let owner = attempt.lease_owner.as_str();
+    // The attempt's process has ended: its worker may start the next job while this
+    // outcome is written (in a batch with others, `finisher.rs`). Its row stays `running`
+    // under this attempt's lease until the outcome commits.
+    free_worker(inner, job.id, owner);
     // Output first, so whoever sees the final state can read the whole log.
     let _ = persist("write the job's output", attempt.lease, || {
         inner.output.flush()
@@ -1267,7 +1415,9 @@ async fn record(
                 finish.state.as_str()
             };
             if persist("record the job's outcome", attempt.lease, || {
-                inner.store.finish(job, owner, &finish, backoff)
+                inner
+                    .finisher
+                    .finish(FinishItem::new(job, owner, &finish, backoff))
             })
             .await
             .is_some()

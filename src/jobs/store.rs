@@ -152,6 +152,62 @@ pub struct Finish {
     pub error: Option<String>,
 }
 
+/// One attempt's outcome for [`Store::finish_batch`]: the job, the lease token it ran
+/// under, how it ended, and the back-off before a retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishItem {
+    pub id: i64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub lease_owner: String,
+    pub finish: Finish,
+    pub backoff: Duration,
+}
+
+impl FinishItem {
+    pub fn new(job: &Job, lease_owner: &str, finish: &Finish, backoff: Duration) -> Self {
+        Self {
+            id: job.id,
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            lease_owner: lease_owner.to_string(),
+            finish: finish.clone(),
+            backoff,
+        }
+    }
+
+    /// A failure with attempts left goes back to the queue.
+    fn retry(&self) -> bool {
+        self.finish.state == JobState::Failed && self.attempts < self.max_attempts
+    }
+}
+
+/// One job of [`Store::enqueue_batch`]: its parameters and its idempotency key.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub params: serde_json::Value,
+    pub idempotency_key: Option<String>,
+}
+
+/// What [`Store::enqueue_batch`] did for one job: its id, and for a job that existed
+/// already (an idempotency key seen before) the parameters it was made with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enqueued {
+    pub id: i64,
+    pub existing_params: Option<serde_json::Value>,
+}
+
+/// A batch refused before anything was written: `jobs[index]` reuses the idempotency key
+/// of job `id`, which was made with other parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyConflict {
+    pub index: usize,
+    pub id: i64,
+}
+
+/// Most finishes written by one statement of [`Store::finish_batch`] (8 binds each).
+pub const FINISH_BATCH_MAX: usize = 500;
+
 /// A page of jobs, newest first.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
@@ -265,6 +321,175 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Adds several jobs of one task with one commit: all of them or none. A job whose
+    /// idempotency key was used by the same token in the last 24 h is not added again; its
+    /// entry names the existing job. If such a job was made with other parameters, nothing
+    /// is written and the first such index is returned as a [`KeyConflict`]. Entries come
+    /// back in the order of `jobs`. Keys must be distinct within `jobs`.
+    pub async fn enqueue_batch(
+        &self,
+        task: &str,
+        jobs: &[NewJob],
+        max_attempts: i64,
+        token_name: Option<&str>,
+    ) -> Result<Result<Vec<Enqueued>, KeyConflict>, sqlx::Error> {
+        match self
+            .try_enqueue_batch(task, jobs, max_attempts, token_name)
+            .await
+        {
+            // Another request added one of these keys between our look-up and our insert:
+            // nothing of ours committed; look again, now its job is there to be returned.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                self.try_enqueue_batch(task, jobs, max_attempts, token_name)
+                    .await
+            }
+            done => done,
+        }
+    }
+
+    async fn try_enqueue_batch(
+        &self,
+        task: &str,
+        jobs: &[NewJob],
+        max_attempts: i64,
+        token_name: Option<&str>,
+    ) -> Result<Result<Vec<Enqueued>, KeyConflict>, sqlx::Error> {
+        let now = now_ms();
+        let token = token_name.unwrap_or_default().to_string();
+        let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        let mut expired: Vec<i64> = Vec::new();
+        let mut conflict: Option<KeyConflict> = None;
+        let keys: Vec<(usize, &str)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| j.idempotency_key.as_deref().map(|k| (i, k)))
+            .collect();
+        for chunk in keys.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT id, params, created_at, idempotency_key FROM jobs WHERE task = $1 AND COALESCE(token_name, '') = $2 \
+                 AND idempotency_key IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(task).bind(token.clone());
+            for (_, key) in chunk {
+                query = query.bind(key.to_string());
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let mut found: std::collections::HashMap<String, (i64, String, i64)> =
+                Default::default();
+            for row in &rows {
+                found.insert(
+                    row.try_get("idempotency_key")?,
+                    (
+                        row.try_get("id")?,
+                        row.try_get("params")?,
+                        row.try_get("created_at")?,
+                    ),
+                );
+            }
+            for (i, key) in chunk {
+                if let Some((id, params, created_at)) = found.remove(*key) {
+                    if created_at >= now - IDEMPOTENCY_WINDOW.as_millis() as i64 {
+                        let params: serde_json::Value =
+                            serde_json::from_str(&params).unwrap_or(serde_json::Value::Null);
+                        if params != jobs[*i].params {
+                            let first = conflict.get_or_insert(KeyConflict { index: *i, id });
+                            if *i < first.index {
+                                *first = KeyConflict { index: *i, id };
+                            }
+                        }
+                        out[*i] = Some(Enqueued {
+                            id,
+                            existing_params: Some(params),
+                        });
+                    } else {
+                        expired.push(id);
+                    }
+                }
+            }
+        }
+        if let Some(conflict) = conflict {
+            return Ok(Err(conflict));
+        }
+        let new: Vec<usize> = (0..jobs.len()).filter(|i| out[*i].is_none()).collect();
+        if new.is_empty() {
+            return Ok(Ok(out.into_iter().flatten().collect()));
+        }
+        // Shared binds first, then params and key of each new job.
+        let mut sql = String::from(
+            "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) VALUES ",
+        );
+        let values: Vec<String> = (0..new.len())
+            .map(|n| {
+                format!(
+                    "($1, ${}, 'queued', 0, $2, ${}, $3, $4, $4, $4, 0)",
+                    5 + 2 * n,
+                    6 + 2 * n
+                )
+            })
+            .collect();
+        sql += &values.join(", ");
+        sql += " RETURNING id";
+        let mut query = sqlx::query(&sql)
+            .bind(task)
+            .bind(max_attempts)
+            .bind(token_name.map(str::to_string))
+            .bind(now);
+        for i in &new {
+            query = query
+                .bind(jobs[*i].params.to_string())
+                .bind(jobs[*i].idempotency_key.clone());
+        }
+        // fetch_all: the ids are used only once the insert has committed (write-commit rule).
+        let inserted = if expired.is_empty() {
+            // One statement: one commit.
+            query.fetch_all(&self.pool).await
+        } else {
+            // Keys past their 24 h are freed in the same transaction as the insert.
+            let list = expired
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(&format!(
+                    "UPDATE jobs SET idempotency_key = NULL WHERE id IN ({list})"
+                ))
+                .execute(&mut *tx)
+                .await?;
+                let rows = query.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+            .await
+        };
+        let rows = self.observe(inserted, true)?;
+        let mut ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.len() != new.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "the batch insert returned {} ids for {} jobs",
+                ids.len(),
+                new.len()
+            )));
+        }
+        // One statement numbers its rows in the order of its VALUES (a sequence on
+        // PostgreSQL, the next rowid on SQLite); RETURNING's own order is not promised.
+        ids.sort_unstable();
+        for (i, id) in new.into_iter().zip(ids) {
+            out[i] = Some(Enqueued {
+                id,
+                existing_params: None,
+            });
+        }
+        Ok(Ok(out.into_iter().flatten().collect()))
     }
 
     /// The job made by `token_name` (`None`: without a token) with this key, whatever its age.
@@ -412,39 +637,94 @@ impl Store {
         tasks: &[String],
         lease: Duration,
     ) -> Result<Option<Job>, sqlx::Error> {
-        if tasks.is_empty() {
-            return Ok(None);
+        let caps: Vec<(String, usize)> = tasks.iter().map(|t| (t.clone(), 1)).collect();
+        Ok(self
+            .claim_batch(lease_owner, &caps, 1, lease)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Takes up to `limit` runnable jobs (oldest first) in one statement, at most `cap` of
+    /// each `(task, cap)`, all under the lease token `lease_owner` (a token per claim
+    /// statement: a job appears at most once in a claim, so `(id, lease_owner)` still names
+    /// one attempt). PostgreSQL: `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED
+    /// LIMIT n)`; SQLite: the same without the lock, one short write transaction. Read to
+    /// its end: the jobs are returned only once the claim has committed. Oldest id first.
+    pub async fn claim_batch(
+        &self,
+        lease_owner: &str,
+        tasks: &[(String, usize)],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Job>, sqlx::Error> {
+        let tasks: Vec<&(String, usize)> = tasks.iter().filter(|(_, cap)| *cap > 0).collect();
+        if tasks.is_empty() || limit == 0 {
+            return Ok(Vec::new());
         }
         let now = self.now();
-        let placeholders: Vec<String> = (0..tasks.len()).map(|i| format!("${}", i + 3)).collect();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             // One statement is one short write transaction: SQLite serialises writers.
             Backend::Sqlite => "",
         };
+        let runnable = format!(
+            "state IN ('queued', 'running') AND \
+             ((state = 'queued' AND run_after <= {now}) OR (state = 'running' AND lease_until < {now}))"
+        );
+        let pick = if tasks.iter().all(|(_, cap)| *cap >= limit) {
+            // No task's cap binds: one ordered scan over all of them.
+            let placeholders: Vec<String> =
+                (0..tasks.len()).map(|i| format!("${}", i + 3)).collect();
+            format!(
+                "SELECT id FROM jobs WHERE task IN ({}) AND {runnable} ORDER BY id LIMIT {limit}{lock}",
+                placeholders.join(", ")
+            )
+        } else {
+            // Each task up to its own cap, then the oldest `limit` of those. (PostgreSQL
+            // may lock a few rows past `limit` for the length of this statement; others
+            // skip them for that instant.)
+            let parts: Vec<String> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, (_, cap))| {
+                    format!(
+                        "SELECT id FROM (SELECT id FROM jobs WHERE task = ${} AND {runnable} ORDER BY id LIMIT {}{lock}) AS t{i}",
+                        i + 3,
+                        (*cap).min(limit)
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT id FROM ({}) AS picked ORDER BY id LIMIT {limit}",
+                parts.join(" UNION ALL ")
+            )
+        };
         let sql = format!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_until = {now} + $2, \
              started_at = {now}, updated_at = {now}, cancel_requested = 0 \
-             WHERE id = (SELECT id FROM jobs WHERE task IN ({}) AND state IN ('queued', 'running') AND \
-               ((state = 'queued' AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) \
-               ORDER BY id LIMIT 1{lock}) \
-             RETURNING {JOB_COLUMNS}",
-            placeholders.join(", ")
+             WHERE id IN ({pick}) \
+             RETURNING {JOB_COLUMNS}"
         );
         let mut query = sqlx::query(&sql)
             .bind(lease_owner)
             .bind(lease.as_millis() as i64);
-        for task in tasks {
+        for (task, _) in &tasks {
             query = query.bind(task.clone());
         }
         // fetch_all, not fetch_optional: SQLite reports a failed commit (a full disk) only
-        // when the statement is stepped to its end, after the row was handed out.
+        // when the statement is stepped to its end, after the rows were handed out.
         let rows = query.fetch_all(&self.pool).await;
         let rows = self.observe(rows, false)?;
         if !rows.is_empty() {
             self.health.clear();
         }
-        rows.first().map(Job::from_row).transpose()
+        let mut jobs = rows
+            .iter()
+            .map(Job::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
     }
 
     /// Extends the lease by `lease` from the database's now. Returns `Some(cancel_requested)`
@@ -504,6 +784,70 @@ impl Store {
         }
         let done = self.observe(query.execute(&self.pool).await, true)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records how several attempts ended, in one statement (one commit): each row only
+    /// while it is still running under its own lease token (lease fencing, as
+    /// [`Store::finish`]). Returns the ids that were still ours and are now recorded; the
+    /// rest had lost their lease. At most [`FINISH_BATCH_MAX`] items a call.
+    pub async fn finish_batch(&self, items: &[FinishItem]) -> Result<Vec<i64>, sqlx::Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.now();
+        let values: Vec<String> = (0..items.len())
+            .map(|i| {
+                let b = i * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                )
+            })
+            .collect();
+        let sql = format!(
+            "WITH v (id, owner, state, fin, backoff, exit_code, exit_signal, error) AS (VALUES {}) \
+             UPDATE jobs SET state = v.state, \
+             finished_at = CASE WHEN v.fin = 1 THEN {now} ELSE NULL END, updated_at = {now}, \
+             run_after = CASE WHEN v.fin = 1 THEN jobs.run_after ELSE {now} + v.backoff END, \
+             exit_code = v.exit_code, exit_signal = v.exit_signal, error = v.error, lease_owner = NULL, lease_until = NULL \
+             FROM v WHERE jobs.id = v.id AND jobs.lease_owner = v.owner AND jobs.state = 'running' \
+             RETURNING jobs.id",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for item in items {
+            let retry = item.retry();
+            let state = if retry {
+                JobState::Queued
+            } else {
+                item.finish.state
+            };
+            query = query
+                .bind(item.id)
+                .bind(item.lease_owner.clone())
+                .bind(state.as_str())
+                .bind(if retry { 0i64 } else { 1i64 })
+                .bind(item.backoff.as_millis() as i64)
+                .bind(item.finish.exit_code)
+                .bind(item.finish.exit_signal)
+                .bind(
+                    item.finish
+                        .error
+                        .as_deref()
+                        .map(|e| storable(e).into_owned()),
+                );
+        }
+        // fetch_all: nobody is told "recorded" before the commit (write-commit rule).
+        let rows = query.fetch_all(&self.pool).await;
+        let rows = self.observe(rows, true)?;
+        rows.iter().map(|r| r.try_get::<i64, _>("id")).collect()
     }
 
     /// Puts a job back in the queue without counting the attempt (a stop or a lost task

@@ -1,0 +1,500 @@
+//! Batched claims, batched completions and the bulk enqueue endpoint (issue 13, item 5):
+//! the store's batch statements on SQLite and PostgreSQL (limits, per-task caps, lease
+//! fencing, retries, all-or-nothing inserts, idempotency), and
+//! `POST /v1/tasks/{task}/jobs:batch` on the real binary (success, all-or-nothing,
+//! idempotent replay, the limit, auth scope).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use shiftd::config::DatabaseConfig;
+use shiftd::jobs::store::{Finish, FinishItem, JobState, KeyConflict, NewJob};
+use shiftd::jobs::Store;
+use tokio::time::Instant;
+
+const TOKEN_A: &str = "token-a-0123456789abcdef";
+const TOKEN_B: &str = "token-b-0123456789abcdef";
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A migrated store on the backend; the guards keep its database alive.
+async fn store(backend: Backend) -> (Store, Option<TestDatabase>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, kind, guard) = match backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}/q.db?mode=rwc", dir.path().display()),
+            shiftd::config::Backend::Sqlite,
+            None,
+        ),
+        Backend::Postgres => {
+            let db = TestDatabase::create().await;
+            (db.url.clone(), shiftd::config::Backend::Postgres, Some(db))
+        }
+    };
+    let config = DatabaseConfig {
+        url,
+        ..DatabaseConfig::default()
+    };
+    let db = shiftd::db::connect(&config, kind).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    (Store::new(&db), guard, dir)
+}
+
+fn new_jobs(n: usize) -> Vec<NewJob> {
+    (0..n)
+        .map(|i| NewJob {
+            params: json!({ "i": i.to_string() }),
+            idempotency_key: None,
+        })
+        .collect()
+}
+
+fn ok() -> Finish {
+    Finish {
+        state: JobState::Succeeded,
+        exit_code: Some(0),
+        exit_signal: None,
+        error: None,
+    }
+}
+
+/// Claims take at most `limit` jobs and at most each task's cap, oldest first, in one
+/// statement; every job of one claim carries that claim's lease token.
+async fn claim_batch_keeps_limit_and_caps(backend: Backend) {
+    let (store, _g, _d) = store(backend).await;
+    let a = store
+        .enqueue_batch("a", &new_jobs(5), 1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .enqueue_batch("b", &new_jobs(5), 1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<i64> = a.iter().chain(&b).map(|e| e.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in request order: {ids:?}"
+    );
+    // No cap binds: the 3 oldest overall.
+    let tasks = [("a".to_string(), 10), ("b".to_string(), 10)];
+    let got = store.claim_batch("n/1", &tasks, 3, LEASE).await.unwrap();
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids[..3].to_vec()
+    );
+    assert!(got
+        .iter()
+        .all(|j| j.state == JobState::Running && j.attempts == 1));
+    assert!(got.iter().all(|j| j.lease_owner.as_deref() == Some("n/1")));
+    // Task a capped at 1: one of a, the rest from b.
+    let tasks = [("a".to_string(), 1), ("b".to_string(), 10)];
+    let got = store.claim_batch("n/2", &tasks, 4, LEASE).await.unwrap();
+    let tasks_of: Vec<&str> = got.iter().map(|j| j.task.as_str()).collect();
+    assert_eq!(tasks_of, ["a", "b", "b", "b"], "{got:?}");
+    // A cap of 0 takes nothing of that task.
+    let tasks = [("a".to_string(), 0), ("b".to_string(), 10)];
+    let got = store.claim_batch("n/3", &tasks, 10, LEASE).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|j| j.task == "b"));
+    // A claim of one, as before.
+    let one = store.claim("n/4", &["a".to_string()], LEASE).await.unwrap();
+    assert_eq!(one.map(|j| j.id), Some(ids[4]));
+}
+
+/// A batch of finishes records only the jobs still held under their own lease token
+/// (fencing), sends a failure with attempts left back to the queue, and commits once.
+async fn finish_batch_is_fenced_by_lease_token(backend: Backend) {
+    let (store, _g, _d) = store(backend).await;
+    store
+        .enqueue_batch("t", &new_jobs(2), 1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .enqueue_batch("r", &new_jobs(1), 3, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let tasks = [("t".to_string(), 10), ("r".to_string(), 10)];
+    let jobs = store.claim_batch("n/1", &tasks, 10, LEASE).await.unwrap();
+    assert_eq!(jobs.len(), 3);
+    let failed = Finish {
+        state: JobState::Failed,
+        exit_code: Some(3),
+        exit_signal: None,
+        error: Some("exited with status 3 \0 nul".into()),
+    };
+    let items = vec![
+        FinishItem::new(&jobs[0], "n/1", &ok(), Duration::ZERO),
+        // An attempt whose lease was taken over: another token.
+        FinishItem::new(&jobs[1], "n/0", &ok(), Duration::ZERO),
+        FinishItem::new(&jobs[2], "n/1", &failed, Duration::from_secs(60)),
+    ];
+    let mut done = store.finish_batch(&items).await.unwrap();
+    done.sort();
+    assert_eq!(done, vec![jobs[0].id, jobs[2].id]);
+    let first = store.get(jobs[0].id).await.unwrap().unwrap();
+    assert_eq!(first.state, JobState::Succeeded);
+    assert!(first.finished_at.is_some() && first.lease_owner.is_none());
+    let fenced = store.get(jobs[1].id).await.unwrap().unwrap();
+    assert_eq!(fenced.state, JobState::Running, "not ours: left alone");
+    let retry = store.get(jobs[2].id).await.unwrap().unwrap();
+    assert_eq!(
+        retry.state,
+        JobState::Queued,
+        "attempts left: back to the queue"
+    );
+    assert!(retry.finished_at.is_none());
+    assert!(
+        retry.run_after >= retry.updated_at + 59_000,
+        "after its back-off"
+    );
+    assert_eq!(retry.exit_code, Some(3));
+    // The same batch again changes nothing: every row has left `running` under n/1.
+    assert_eq!(
+        store.finish_batch(&items[..1]).await.unwrap(),
+        Vec::<i64>::new()
+    );
+}
+
+/// A batch insert is one commit in request order; a replayed key returns the existing job;
+/// a replayed key with other parameters refuses the whole batch before anything is written.
+async fn enqueue_batch_is_all_or_nothing(backend: Backend) {
+    let (store, _g, _d) = store(backend).await;
+    let keyed = |k: &str, v: &str| NewJob {
+        params: json!({ "v": v }),
+        idempotency_key: Some(k.into()),
+    };
+    let first = store
+        .enqueue_batch("t", &[keyed("k1", "x"), keyed("k2", "y")], 1, Some("tok"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.iter().all(|e| e.existing_params.is_none()));
+    let again = store
+        .enqueue_batch("t", &[keyed("k0", "w"), keyed("k2", "y")], 1, Some("tok"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again[0].existing_params.is_none());
+    assert_eq!(again[1].id, first[1].id);
+    assert_eq!(again[1].existing_params, Some(json!({"v": "y"})));
+    let refused = store
+        .enqueue_batch(
+            "t",
+            &[keyed("k3", "z"), keyed("k1", "other")],
+            1,
+            Some("tok"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused,
+        Err(KeyConflict {
+            index: 1,
+            id: first[0].id
+        })
+    );
+    let all = store
+        .list(&shiftd::jobs::ListFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.jobs.len(),
+        3,
+        "nothing of the refused batch: {:?}",
+        all.jobs
+    );
+    // Another token's keys never meet these.
+    let other = store
+        .enqueue_batch("t", &[keyed("k1", "x")], 1, Some("other"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other[0].existing_params.is_none());
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread")] async fn $name() { super::$name(Backend::Sqlite).await; })*
+        }
+        mod postgres {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread")] async fn $name() { super::$name(Backend::Postgres).await; })*
+        }
+    };
+}
+
+both_backends!(
+    claim_batch_keeps_limit_and_caps,
+    finish_batch_is_fenced_by_lease_token,
+    enqueue_batch_is_all_or_nothing,
+    batch_endpoint_runs_every_job,
+);
+
+// ---------------------------------------------------------------------------------------
+// POST /v1/tasks/{task}/jobs:batch on the real binary.
+// ---------------------------------------------------------------------------------------
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(secs(15))
+        .build()
+        .unwrap()
+}
+
+async fn post_batch(
+    addr: SocketAddr,
+    token: Option<&str>,
+    task: &str,
+    body: Value,
+) -> (u16, Value) {
+    let mut request = client()
+        .post(format!("http://{addr}/v1/tasks/{task}/jobs:batch"))
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_job(addr: SocketAddr, token: Option<&str>, id: i64) -> (u16, Value) {
+    let mut request = client().get(format!("http://{addr}/v1/jobs/{id}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn count_jobs(addr: SocketAddr, token: Option<&str>) -> usize {
+    let mut request = client().get(format!("http://{addr}/v1/jobs?limit=500"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let page: Value = request.send().await.unwrap().json().await.unwrap();
+    page["jobs"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+/// Every job of a batch runs once with its own parameters, in the order given: the ids come
+/// back in request order, and each job ends `succeeded` (claimed in batches, finished in
+/// batches).
+async fn batch_endpoint_runs_every_job(backend: Backend) {
+    let (b, _db) = builder(backend).await;
+    let app = b
+        .set("jobs.workers", 4)
+        .set("jobs.prefetch", 4)
+        .toml(
+            r#"[tasks.echo]
+command = ["/bin/echo", "{who}"]
+params = { who = "[a-z0-9]+" }"#,
+        )
+        .start()
+        .await;
+    let jobs: Vec<Value> = (0..40)
+        .map(|i| json!({"params": {"who": format!("w{i}")}}))
+        .collect();
+    let (status, body) = post_batch(app.addr, None, "echo", json!({ "jobs": jobs })).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["created"], 40);
+    let ids: Vec<i64> = body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 40);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let deadline = Instant::now() + secs(60);
+    for (i, id) in ids.iter().enumerate() {
+        loop {
+            let (status, job) = get_job(app.addr, None, *id).await;
+            assert_eq!(status, 200, "{job}");
+            if job["state"] == "succeeded" {
+                assert_eq!(job["params"]["who"], format!("w{i}"));
+                assert_eq!(job["attempts"], 1, "ran once: {job}");
+                assert_eq!(
+                    job["output_tail"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|l| *l == &json!(format!("w{i}")))
+                        .count(),
+                    1,
+                    "{job}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not succeed: {job}");
+            tokio::time::sleep(millis(50)).await;
+        }
+    }
+}
+
+/// One bad job refuses the batch (422 naming its index) and nothing is queued; a batch over
+/// `jobs.batch_max` is 413 with the setting named; an empty batch is 422.
+#[tokio::test]
+async fn a_batch_is_all_or_nothing_and_bounded() {
+    let app = Shiftd::builder()
+        .set("jobs.batch_max", 5)
+        .toml(
+            r#"[tasks.echo]
+command = ["/bin/echo", "{who}"]
+params = { who = "[a-z]+" }"#,
+        )
+        .start()
+        .await;
+    let ok = json!({"params": {"who": "ann"}});
+    let bad = json!({"params": {"who": "ANN1"}});
+    let (status, body) =
+        post_batch(app.addr, None, "echo", json!({"jobs": [ok, ok, bad, ok]})).await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("jobs[2]:") && message.contains("nothing was queued"),
+        "{message}"
+    );
+    assert_eq!(
+        count_jobs(app.addr, None).await,
+        0,
+        "nothing of a refused batch is queued"
+    );
+    let unknown = json!({"params": {"who": "ann", "extra": "x"}});
+    let (status, body) = post_batch(app.addr, None, "echo", json!({"jobs": [ok, unknown]})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("jobs[1]:"),
+        "{body}"
+    );
+    let dup = |k: &str| json!({"params": {"who": "ann"}, "idempotency_key": k});
+    let (status, body) = post_batch(
+        app.addr,
+        None,
+        "echo",
+        json!({"jobs": [dup("a"), dup("b"), dup("a")]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("jobs[0]"),
+        "{body}"
+    );
+    let six: Vec<Value> = (0..6).map(|_| ok.clone()).collect();
+    let (status, body) = post_batch(app.addr, None, "echo", json!({ "jobs": six })).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("jobs.batch_max"),
+        "{body}"
+    );
+    let (status, body) = post_batch(app.addr, None, "echo", json!({"jobs": []})).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = post_batch(app.addr, None, "echo", json!({"jobz": []})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(count_jobs(app.addr, None).await, 0);
+    let five: Vec<Value> = (0..5).map(|_| ok.clone()).collect();
+    let (status, body) = post_batch(app.addr, None, "echo", json!({ "jobs": five })).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(count_jobs(app.addr, None).await, 5);
+}
+
+/// A replayed batch returns the same ids (200, nothing added); a batch mixing new and
+/// replayed keys adds only the new ones (202); a replayed key with other parameters
+/// refuses the batch (422 naming the index and the job) and adds nothing.
+#[tokio::test]
+async fn a_replayed_batch_returns_the_same_jobs() {
+    let app = Shiftd::builder()
+        .toml(
+            r#"[tasks.echo]
+command = ["/bin/echo", "{who}"]
+params = { who = "[a-z]+" }"#,
+        )
+        .start()
+        .await;
+    let job = |k: &str, who: &str| json!({"params": {"who": who}, "idempotency_key": k});
+    let batch = json!({"jobs": [job("k1", "ann"), job("k2", "bob")]});
+    let (status, first) = post_batch(app.addr, None, "echo", batch.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = post_batch(app.addr, None, "echo", batch).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["ids"], first["ids"]);
+    assert_eq!(again["created"], 0);
+    let (status, mixed) = post_batch(
+        app.addr,
+        None,
+        "echo",
+        json!({"jobs": [job("k3", "cy"), job("k2", "bob")]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{mixed}");
+    assert_eq!(mixed["created"], 1);
+    assert_eq!(mixed["ids"][1], first["ids"][1]);
+    let (status, refused) = post_batch(
+        app.addr,
+        None,
+        "echo",
+        json!({"jobs": [job("k4", "dee"), job("k1", "eve")]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("jobs[1]:") && message.contains(&format!("job {}", first["ids"][0])),
+        "{message}"
+    );
+    assert_eq!(count_jobs(app.addr, None).await, 3, "k4 was not queued");
+}
+
+/// The batch endpoint is scoped as the single one: no token 401, a token without the task
+/// 403, a token with it 202; keys of two tokens never meet.
+#[tokio::test]
+async fn a_batch_needs_a_token_allowed_the_task() {
+    let app = Shiftd::builder()
+        .toml(&format!(
+            r#"[[auth.tokens]]
+name = "a"
+secret = "{TOKEN_A}"
+tasks = ["echo"]
+[[auth.tokens]]
+name = "b"
+secret = "{TOKEN_B}"
+tasks = ["other"]
+[tasks.echo]
+command = ["/bin/echo", "{{who}}"]
+params = {{ who = "[a-z]+" }}
+[tasks.other]
+command = ["/bin/true"]"#
+        ))
+        .start()
+        .await;
+    let batch = json!({"jobs": [{"params": {"who": "ann"}, "idempotency_key": "k"}]});
+    let (status, body) = post_batch(app.addr, None, "echo", batch.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post_batch(app.addr, Some(TOKEN_B), "echo", batch.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = post_batch(
+        app.addr,
+        Some("wrong-token-0123456789"),
+        "echo",
+        batch.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, a) = post_batch(app.addr, Some(TOKEN_A), "echo", batch.clone()).await;
+    assert_eq!(status, 202, "{a}");
+    let (status, _) = get_job(app.addr, Some(TOKEN_B), a["ids"][0].as_i64().unwrap()).await;
+    assert_eq!(status, 404, "token b may not read task echo");
+    let (status, body) = post_batch(app.addr, Some(TOKEN_A), "nope", batch).await;
+    assert_eq!(status, 404, "{body}");
+}
