@@ -146,7 +146,6 @@ fn held_task(builder: ShiftdBuilder) -> ShiftdBuilder {
     ))
 }
 
-
 #[tokio::test]
 async fn a_reload_hands_over_and_the_old_process_finishes_its_running_job_untouched() {
     let app = held_task(Shiftd::builder()).start().await;
