@@ -193,13 +193,7 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
-    let task = state.task(&task_name).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no task named `{task_name}`; GET /v1/tasks lists them"
-        ))
-    })?;
-    caller.may_use(&task_name)?;
+    let (caller, task) = caller_and_task(&state, &headers, &task_name)?;
     let request: CreateJob = if body.iter().all(u8::is_ascii_whitespace) {
         CreateJob {
             params: serde_json::Map::new(),
@@ -261,6 +255,22 @@ fn valid_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Who is asking, and the task they may start: 401/403 for the token, 404 for the task.
+fn caller_and_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    task_name: &str,
+) -> Result<(crate::http::auth::Caller, std::sync::Arc<crate::jobs::Task>), ApiError> {
+    let caller = state.auth().authenticate(headers)?;
+    let task = state.task(task_name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no task named `{task_name}`; GET /v1/tasks lists them"
+        ))
+    })?;
+    caller.may_use(task_name)?;
+    Ok((caller, task))
+}
+
 /// Start several jobs of a task with one commit.
 ///
 /// All or nothing: every job is checked first, and the first one refused names its index
@@ -293,13 +303,7 @@ pub async fn create_jobs_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
-    let task = state.task(&task_name).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no task named `{task_name}`; GET /v1/tasks lists them"
-        ))
-    })?;
-    caller.may_use(&task_name)?;
+    let (caller, task) = caller_and_task(&state, &headers, &task_name)?;
     let request: CreateJobs = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
     })?;
