@@ -415,11 +415,6 @@ fn kill(pid: i32) {
 }
 
 impl Successor {
-    /// Kills the new process: the hand-over was abandoned after it said ready (a stop came).
-    pub fn abandon(self) {
-        kill(self.pid);
-    }
-
     /// Tells the new process it is the main one now, and waits (up to `timeout`) until it
     /// accepts connections. Returns the link that carries its stop requests.
     pub async fn confirm(mut self, timeout: Duration) -> SuccessorLink {

@@ -630,6 +630,15 @@ impl Lifecycle {
         let fast_token = CancellationToken::new();
         // Cancelled when a stop is in force: at once, or after a hand-over when one arrives.
         let stop_now = CancellationToken::new();
+        // When the stop came into force: the grace counts from then, for the wait on a
+        // predecessor too.
+        let stop_started = {
+            let stop_now = stop_now.clone();
+            tokio::spawn(async move {
+                stop_now.cancelled().await;
+                Instant::now()
+            })
+        };
         let mut successor_tasks = Vec::new();
         let retiring = match end {
             End::Stop { fast } => {
@@ -728,7 +737,7 @@ impl Lifecycle {
         )
         .await;
         if let Some(link) = &predecessor {
-            wait_for_predecessor(link, &stop_now, settings.grace, &notifier, &mut report).await;
+            wait_for_predecessor(link, stop_started, settings.grace, &notifier, &mut report).await;
         }
         signal_task.abort();
         for task in successor_tasks {
@@ -911,28 +920,36 @@ async fn hand_over_to_new_process(
 /// retirement), for as long as it takes; once a stop is in force, up to `grace` from then.
 async fn wait_for_predecessor(
     link: &handover::PredecessorLink,
-    stop_now: &CancellationToken,
+    stop_started: tokio::task::JoinHandle<Instant>,
     grace: Duration,
     notifier: &Notifier,
     report: &mut StopReport,
 ) {
     let gone = link.gone();
     if gone.is_cancelled() {
+        stop_started.abort();
         return;
     }
     let started = Instant::now();
     tracing::info!("waiting for the previous process to finish its jobs and exit");
-    tokio::select! {
-        _ = gone.cancelled() => {}
-        _ = stop_now.cancelled() => {}
-    }
-    let deadline = Instant::now() + grace;
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
-    let done = loop {
-        tokio::select! {
-            _ = gone.cancelled() => break true,
-            _ = tokio::time::sleep_until(deadline) => break false,
-            _ = heartbeat.tick() => notifier.send(&[Message::ExtendTimeout(Duration::from_secs(3))]),
+    tokio::pin!(stop_started);
+    let stop_started = tokio::select! {
+        _ = gone.cancelled() => None,
+        at = &mut stop_started => at.ok(),
+    };
+    let done = match stop_started {
+        None => true,
+        Some(at) => {
+            // Within the grace that began when the stop came into force.
+            let deadline = at + grace;
+            let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = gone.cancelled() => break true,
+                    _ = tokio::time::sleep_until(deadline) => break gone.is_cancelled(),
+                    _ = heartbeat.tick() => notifier.send(&[Message::ExtendTimeout(Duration::from_secs(3))]),
+                }
+            }
         }
     };
     let took = started.elapsed();
