@@ -321,6 +321,11 @@ impl App for Shiftd {
         if let Some(longest) = running.first() {
             line += &format!(" (longest {}s)", longest.age_seconds);
         }
+        let paused = self.state.jobs.runner.paused();
+        if !paused.is_empty() {
+            let names: Vec<&str> = paused.keys().map(String::as_str).collect();
+            line += &format!("; paused: {}", names.join(", "));
+        }
         // STATUS= tells the truth: a service that cannot write says so first.
         if let Some(fault) = self.state.jobs.runner.storage_fault() {
             line = format!("{line}; {}", fault.reason);

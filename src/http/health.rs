@@ -71,6 +71,7 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "unserved": view.unserved,
         "jobs": JobState::ALL.iter().map(|st| (st.as_str().to_string(), json!(view.counts.iter().filter(|(_, s, _)| s == st).map(|(_, _, n)| n).sum::<i64>()))).collect::<serde_json::Map<_, _>>(),
         "node": state.jobs.runner.node(),
+        "paused": view.paused.iter().map(|(task, at)| (task.clone(), json!(crate::jobs::store::format_ms(*at)))).collect::<serde_json::Map<_, _>>(),
         "queue": view.depth.into_iter().map(|(task, (queued, running))| (task, json!({ "queued": queued, "running": running }))).collect::<serde_json::Map<_, _>>(),
         "running_jobs": state.jobs.runner.running(),
         "buffered_output_lines": state.jobs.runner.buffered_lines(),

@@ -100,6 +100,8 @@ pub struct TaskView {
     pub concurrency: u32,
     pub max_attempts: u32,
     pub on_shutdown: String,
+    /// Paused on every node (`POST /v1/tasks/{task}/pause`): its queued jobs wait.
+    pub paused: bool,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -256,7 +258,7 @@ fn valid_key(k: &str) -> bool {
 }
 
 /// Who is asking, and the task they may start: 401/403 for the token, 404 for the task.
-fn caller_and_task(
+pub(super) fn caller_and_task(
     state: &AppState,
     headers: &HeaderMap,
     task_name: &str,
@@ -695,7 +697,7 @@ fn follow_stream(
     get,
     path = "/v1/tasks",
     tag = "jobs",
-    responses((status = 200, body = Vec<TaskView>), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Vec<TaskView>), (status = 401, body = ErrorBody), (status = 503, description = "Database unavailable; retry", body = ErrorBody)),
     security((), ("bearer" = []))
 )]
 pub async fn list_tasks(
@@ -704,6 +706,8 @@ pub async fn list_tasks(
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
     let caller = state.auth().authenticate(&headers)?;
     let tasks = state.tasks();
+    let store = &state.jobs.store;
+    let paused = read(|| store.paused()).await?;
     Ok(Json(
         tasks
             .values()
@@ -717,6 +721,7 @@ pub async fn list_tasks(
                 concurrency: t.config.concurrency,
                 max_attempts: t.config.max_attempts,
                 on_shutdown: format!("{:?}", t.config.on_shutdown).to_lowercase(),
+                paused: paused.contains_key(&t.name),
             })
             .collect(),
     ))

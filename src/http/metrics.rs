@@ -54,6 +54,7 @@ pub struct Metrics {
     pool: Family<PoolState, Gauge>,
     database_size: Gauge,
     unserved: Family<Task, Gauge>,
+    paused: Family<Task, Gauge>,
     storage_fault: Gauge,
     /// One render at a time, so no scrape sees another's half-set gauges.
     render: std::sync::Mutex<()>,
@@ -85,6 +86,7 @@ impl Default for Metrics {
         let pool = Family::<PoolState, Gauge>::default();
         let database_size = Gauge::default();
         let unserved = Family::<Task, Gauge>::default();
+        let paused = Family::<Task, Gauge>::default();
         let storage_fault = Gauge::default();
         registry.register(
             "database_size_bytes",
@@ -95,6 +97,11 @@ impl Default for Metrics {
             "jobs_unserved",
             "Queued jobs of tasks that no live node serves",
             unserved.clone(),
+        );
+        registry.register(
+            "task_paused",
+            "1 for a configured task that is paused (its queued jobs wait), else 0",
+            paused.clone(),
         );
         registry.register(
             "storage_fault",
@@ -141,6 +148,7 @@ impl Default for Metrics {
             pool,
             database_size,
             unserved,
+            paused,
             storage_fault,
             render: std::sync::Mutex::new(()),
         }
@@ -196,6 +204,13 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     metrics.unserved.clear();
     for (task, n) in view.unserved {
         metrics.unserved.get_or_create(&Task { task }).set(n);
+    }
+    metrics.paused.clear();
+    for task in state.tasks().keys() {
+        metrics
+            .paused
+            .get_or_create(&Task { task: task.clone() })
+            .set(i64::from(view.paused.contains_key(task)));
     }
     metrics
         .storage_fault

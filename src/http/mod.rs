@@ -6,6 +6,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod middleware;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -146,6 +147,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::job_log))
         .routes(routes!(jobs::list_tasks))
+        .routes(routes!(tasks::pause_task))
+        .routes(routes!(tasks::resume_task))
         .split_for_parts()
 }
 

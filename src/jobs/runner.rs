@@ -144,6 +144,9 @@ pub struct QueueView {
     pub size_bytes: Option<i64>,
     /// Jobs by task and state, all of them (refreshed every [`STATS_EVERY`]).
     pub counts: Vec<(String, JobState, i64)>,
+    /// Paused tasks (by any node) and when each was paused: refreshed every poll interval,
+    /// and at once when this process pauses or resumes one.
+    pub paused: BTreeMap<String, i64>,
 }
 
 /// Called when an attempt ends: task, final state of the attempt, how long it ran.
@@ -249,6 +252,39 @@ impl Runner {
     pub fn reconfigure(&self, settings: RunnerSettings) {
         *self.inner.settings.write().expect("poisoned") = settings;
         self.inner.wake.notify_one();
+    }
+
+    /// Pauses `task` for every node sharing the database (no claim takes its jobs once
+    /// this returns); jobs of it claimed ahead here go back to the queue. Running jobs go on.
+    pub async fn pause(&self, task: &str) -> Result<i64, sqlx::Error> {
+        let at = self.inner.store.pause(task).await?;
+        self.inner
+            .view
+            .write()
+            .expect("poisoned")
+            .paused
+            .insert(task.to_string(), at);
+        self.inner.wake.notify_one();
+        Ok(at)
+    }
+
+    /// Resumes `task` everywhere; this process looks for its jobs at once (others at
+    /// their next poll). True if it was paused.
+    pub async fn resume(&self, task: &str) -> Result<bool, sqlx::Error> {
+        let was = self.inner.store.resume(task).await?;
+        self.inner
+            .view
+            .write()
+            .expect("poisoned")
+            .paused
+            .remove(task);
+        self.inner.wake.notify_one();
+        Ok(was)
+    }
+
+    /// Paused tasks as last seen (see [`QueueView::paused`]).
+    pub fn paused(&self) -> BTreeMap<String, i64> {
+        self.inner.view.read().expect("poisoned").paused.clone()
     }
 
     /// A job was queued here: look now instead of at the next poll.
@@ -538,8 +574,10 @@ async fn start_local(
 ) {
     let mut kept = std::collections::VecDeque::with_capacity(local.len());
     let mut expired = Vec::new();
+    let paused = inner.view.read().expect("poisoned").paused.clone();
     while let Some(p) = local.pop_front() {
-        if p.sent.elapsed() >= settings.prefetch_wait() {
+        // A job claimed ahead of a pause has not started: it goes back to the queue.
+        if p.sent.elapsed() >= settings.prefetch_wait() || paused.contains_key(&p.job.task) {
             expired.push(p);
             continue;
         }
@@ -597,6 +635,7 @@ fn claim_caps(
     settings: &RunnerSettings,
     local: &std::collections::VecDeque<Prefetched>,
 ) -> (Vec<(String, usize)>, usize) {
+    let paused = inner.view.read().expect("poisoned").paused.clone();
     let running = inner.running.lock().expect("poisoned");
     let mut per_task: HashMap<&str, usize> = HashMap::new();
     for r in running.values() {
@@ -622,7 +661,8 @@ fn claim_caps(
             let cap = (task.config.concurrency as usize).saturating_sub(taken);
             (name.clone(), cap)
         })
-        .filter(|(_, cap)| *cap > 0)
+        // Paused tasks (as last seen; the claim statement itself is what holds them).
+        .filter(|(name, cap)| *cap > 0 && !paused.contains_key(name))
         .collect::<Vec<_>>();
     let limit = if caps.is_empty() { 0 } else { limit };
     (caps, limit)
@@ -698,9 +738,13 @@ async fn refresh_view(inner: &Inner, settings: &RunnerSettings) {
         .filter(|(task, (queued, _))| *queued > 0 && !served.contains(*task))
         .map(|(task, (queued, _))| (task.clone(), *queued))
         .collect();
+    let paused = tokio::time::timeout(settings.lease, inner.store.paused()).await;
     let mut view = inner.view.write().expect("poisoned");
     view.depth = depth;
     view.unserved = unserved;
+    if let Ok(Ok(paused)) = paused {
+        view.paused = paused;
+    }
 }
 
 /// Deletes expired jobs a batch at a time until none are left or the stop begins.

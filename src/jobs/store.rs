@@ -89,9 +89,14 @@ pub struct Job {
     pub run_after: i64,
 }
 
+/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds), as the API writes times.
+pub fn format_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
-    let t = UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64);
-    s.serialize_str(&humantime::format_rfc3339_millis(t).to_string())
+    s.serialize_str(&format_ms(*ms))
 }
 
 fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
@@ -670,7 +675,8 @@ impl Store {
         };
         let runnable = format!(
             "state IN ('queued', 'running') AND \
-             ((state = 'queued' AND run_after <= {now}) OR (state = 'running' AND lease_until < {now}))"
+             ((state = 'queued' AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) AND \
+             task NOT IN (SELECT task FROM paused_tasks)"
         );
         let pick = if tasks.iter().all(|(_, cap)| *cap >= limit) {
             // No task's cap binds: one ordered scan over all of them.
@@ -864,6 +870,46 @@ impl Store {
         .await;
         let done = self.observe(done, true)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Pauses `task` for every node sharing this database: the claim statement skips its
+    /// jobs from the commit on. Pausing a paused task keeps its first `paused_at`. Returns
+    /// when it was paused (milliseconds, the database's clock).
+    pub async fn pause(&self, task: &str) -> Result<i64, sqlx::Error> {
+        let now = self.now();
+        // The no-op update makes RETURNING give the row in both cases, in one statement.
+        let row = sqlx::query(&format!(
+            "INSERT INTO paused_tasks (task, paused_at) VALUES ($1, {now}) \
+             ON CONFLICT (task) DO UPDATE SET paused_at = paused_tasks.paused_at RETURNING paused_at"
+        ))
+        .bind(task)
+        .fetch_all(&self.pool)
+        .await;
+        let rows = self.observe(row, true)?;
+        match rows.first() {
+            Some(row) => row.try_get("paused_at"),
+            None => Err(sqlx::Error::RowNotFound),
+        }
+    }
+
+    /// Resumes `task` everywhere. True if it was paused.
+    pub async fn resume(&self, task: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM paused_tasks WHERE task = $1")
+            .bind(task)
+            .execute(&self.pool)
+            .await;
+        let done = self.observe(done, true)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The paused tasks, with when each was paused.
+    pub async fn paused(&self) -> Result<std::collections::BTreeMap<String, i64>, sqlx::Error> {
+        let rows = sqlx::query("SELECT task, paused_at FROM paused_tasks")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("task")?, r.try_get("paused_at")?)))
+            .collect()
     }
 
     /// Writes this node's row: alive now, serving `tasks`. Also the probe that tells a
