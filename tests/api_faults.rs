@@ -86,10 +86,11 @@ async fn wait_final(addr: SocketAddr, token: Option<&str>, id: i64, timeout: Dur
 // Finding 8: idempotency keys.
 // ---------------------------------------------------------------------------------------
 
-/// Finding 8a: the same Idempotency-Key with other parameters is refused (422) and names
+/// Finding 8a: the same Idempotency-Key with other parameters is refused (409, a conflict
+/// with the stored job, which also lets a schema-driven client tell it from bad input) and names
 /// the job the key belongs to; with the same parameters it still returns that job (200).
 #[tokio::test]
-async fn an_idempotency_key_reused_with_other_params_is_422() {
+async fn an_idempotency_key_reused_with_other_params_is_409() {
     let app = Shiftd::builder()
         .toml(
             r#"[tasks.echo]
@@ -126,8 +127,8 @@ params = { who = "[a-z]+" }"#,
         json!({"params": {"who": "bob"}}),
     )
     .await;
-    assert_eq!(status, 422, "{refused}");
-    assert_eq!(refused["error"], "unprocessable_entity");
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"], "conflict");
     let message = refused["message"].as_str().unwrap();
     assert!(
         message.contains("Idempotency-Key `k`")

@@ -30,7 +30,10 @@ concurrency = 4
 "#;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(secs(15)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(secs(15))
+        .build()
+        .unwrap()
 }
 
 async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -69,7 +72,10 @@ async fn wait_state(addr: SocketAddr, id: i64, state: &str) -> Value {
         if j["state"] == state {
             return j;
         }
-        assert!(Instant::now() < deadline, "job {id} never became {state}: {j}");
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never became {state}: {j}"
+        );
         tokio::time::sleep(millis(20)).await;
     }
 }
@@ -156,7 +162,10 @@ async fn pause_is_honoured_everywhere_and_across_restarts(backend: Backend) {
     // Pausing twice keeps the first time.
     let (_, first) = call(a.addr, "GET", "/v1/status", None).await;
     let (_, again) = call(a.addr, "POST", "/v1/tasks/held/pause", None).await;
-    assert_eq!(first["paused"]["held"], again["paused_at"], "{first} {again}");
+    assert_eq!(
+        first["paused"]["held"], again["paused_at"],
+        "{first} {again}"
+    );
 
     // Queued on every node; none is claimed while the others' jobs run.
     let mut held = Vec::new();
@@ -201,7 +210,8 @@ async fn pause_is_honoured_everywhere_and_across_restarts(backend: Backend) {
     }
     a.notify
         .wait_for("STATUS= names the paused task", secs(10), |d| {
-            d.value("STATUS").is_some_and(|s| s.contains("paused: gate, held"))
+            d.value("STATUS")
+                .is_some_and(|s| s.contains("paused: gate, held"))
         })
         .await;
 
@@ -234,7 +244,11 @@ async fn pause_is_honoured_everywhere_and_across_restarts(backend: Backend) {
     assert_eq!(task_paused(&tasks, "gate"), Some(true), "{tasks}");
     // Resuming a task that is not paused changes nothing.
     let (status, body) = call(a.addr, "POST", "/v1/tasks/held/resume", None).await;
-    assert_eq!((status, body["paused"].clone()), (200, json!(false)), "{body}");
+    assert_eq!(
+        (status, body["paused"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
 }
 
 mod sqlite {
@@ -282,14 +296,29 @@ command = ["/bin/true"]
     };
     let token = Some("token-a-0123456789abcdef");
     let status = |r: reqwest::Response| r.status().as_u16();
-    assert_eq!(status(post("/v1/tasks/one/pause", None).await.unwrap()), 401);
-    assert_eq!(status(post("/v1/tasks/two/pause", token).await.unwrap()), 403);
-    assert_eq!(status(post("/v1/tasks/nope/pause", token).await.unwrap()), 404);
-    assert_eq!(status(post("/v1/tasks/nope/resume", token).await.unwrap()), 404);
+    assert_eq!(
+        status(post("/v1/tasks/one/pause", None).await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(post("/v1/tasks/two/pause", token).await.unwrap()),
+        403
+    );
+    assert_eq!(
+        status(post("/v1/tasks/nope/pause", token).await.unwrap()),
+        404
+    );
+    assert_eq!(
+        status(post("/v1/tasks/nope/resume", token).await.unwrap()),
+        404
+    );
     let r = post("/v1/tasks/one/pause", token).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], Value::Null, "{body}");
     assert_eq!(body["message"], Value::Null, "{body}");
-    assert_eq!(status(post("/v1/tasks/one/resume", token).await.unwrap()), 200);
+    assert_eq!(
+        status(post("/v1/tasks/one/resume", token).await.unwrap()),
+        200
+    );
 }

@@ -378,19 +378,6 @@ params = { who = "[a-z]+" }"#,
         body["message"].as_str().unwrap().starts_with("jobs[1]:"),
         "{body}"
     );
-    let dup = |k: &str| json!({"params": {"who": "ann"}, "idempotency_key": k});
-    let (status, body) = post_batch(
-        app.addr,
-        None,
-        "echo",
-        json!({"jobs": [dup("a"), dup("b"), dup("a")]}),
-    )
-    .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(
-        body["message"].as_str().unwrap().contains("jobs[0]"),
-        "{body}"
-    );
     let six: Vec<Value> = (0..6).map(|_| ok.clone()).collect();
     let (status, body) = post_batch(app.addr, None, "echo", json!({ "jobs": six })).await;
     assert_eq!(status, 413, "{body}");
@@ -411,7 +398,7 @@ params = { who = "[a-z]+" }"#,
 
 /// A replayed batch returns the same ids (200, nothing added); a batch mixing new and
 /// replayed keys adds only the new ones (202); a replayed key with other parameters
-/// refuses the batch (422 naming the index and the job) and adds nothing.
+/// refuses the batch (409 naming the index and the job) and adds nothing.
 #[tokio::test]
 async fn a_replayed_batch_returns_the_same_jobs() {
     let app = Shiftd::builder()
@@ -447,7 +434,7 @@ params = { who = "[a-z]+" }"#,
         json!({"jobs": [job("k4", "dee"), job("k1", "eve")]}),
     )
     .await;
-    assert_eq!(status, 422, "{refused}");
+    assert_eq!(status, 409, "{refused}");
     let message = refused["message"].as_str().unwrap();
     assert!(
         message.starts_with("jobs[1]:") && message.contains(&format!("job {}", first["ids"][0])),
@@ -497,4 +484,49 @@ command = ["/bin/true"]"#
     assert_eq!(status, 404, "token b may not read task echo");
     let (status, body) = post_batch(app.addr, Some(TOKEN_A), "nope", batch).await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// A key names one job within a batch too: repeated with the same parameters it is that
+/// job again (its id twice, created once); with other parameters the batch is refused
+/// (409 naming both indexes) and nothing is added.
+#[tokio::test]
+async fn a_key_repeated_within_a_batch_names_one_job() {
+    let app = Shiftd::builder()
+        .toml(
+            r#"[tasks.echo]
+command = ["/bin/echo", "{who}"]
+params = { who = "[a-z]+" }"#,
+        )
+        .start()
+        .await;
+    let job = |k: &str, who: &str| json!({"params": {"who": who}, "idempotency_key": k});
+    let (status, body) = post_batch(
+        app.addr,
+        None,
+        "echo",
+        json!({"jobs": [job("a", "ann"), job("b", "bob"), job("a", "ann")]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["created"], 2, "{body}");
+    assert_eq!(body["ids"][0], body["ids"][2], "{body}");
+    assert_ne!(body["ids"][0], body["ids"][1], "{body}");
+    let (status, refused) = post_batch(
+        app.addr,
+        None,
+        "echo",
+        json!({"jobs": [job("c", "cat"), job("c", "dan")]}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("jobs[1]:") && message.contains("jobs[0]"),
+        "{message}"
+    );
+    assert_eq!(
+        count_jobs(app.addr, None).await,
+        2,
+        "nothing of the refused batch was queued"
+    );
 }

@@ -48,8 +48,8 @@ pub struct BatchJob {
     #[schema(value_type = Object)]
     pub params: serde_json::Map<String, serde_json::Value>,
     /// As the `Idempotency-Key` header of a single start: the same key and parameters
-    /// within 24 h name the same job. 1 to 200 visible ASCII characters, distinct within
-    /// the batch; keys are per token.
+    /// within 24 h name the same job, also within one batch (a repeat with other
+    /// parameters is refused, 409). 1 to 200 visible ASCII characters; keys are per token.
     #[schema(pattern = "^[!-~]{1,200}$", min_length = 1, max_length = 200)]
     pub idempotency_key: Option<String>,
 }
@@ -59,6 +59,7 @@ pub struct BatchJob {
 #[serde(deny_unknown_fields)]
 pub struct CreateJobs {
     /// 1 to `jobs.batch_max` jobs (1000 by default), all of one task.
+    #[schema(min_items = 1)]
     pub jobs: Vec<BatchJob>,
 }
 
@@ -109,11 +110,14 @@ pub struct TaskView {
 pub struct ListQuery {
     /// Only jobs of this task.
     pub task: Option<String>,
-    /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 1)]
     pub cursor: Option<String>,
 }
 
@@ -121,12 +125,16 @@ pub struct ListQuery {
 #[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// `1` or `true`: keep the response open and send new lines until the job ends.
+    #[param(value_type = Option<String>, pattern = "^(1|0|true|false)$")]
     pub follow: Option<String>,
     /// Only lines after this sequence number (0, the default: from the first line). A page
     /// ends at the `after` of its `Link: rel="next"`.
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub after: Option<String>,
     /// At most this many lines, 1 to 10000. A full page has a `Link` header to the next
-    /// one; the last page has none. Without `limit` the whole log streams.
+    /// one; the last page has none. Without `limit` the whole log streams. With `follow`,
+    /// the stream ends after this many lines (or when the job ends).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     pub limit: Option<String>,
 }
 
@@ -173,7 +181,7 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
     tag = "jobs",
     params(
         ("task" = String, Path, description = "Task name"),
-        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key and parameters within 24 h returns the same job (200); the same key with other parameters is refused (422). Keys are per token.")
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", max_length = 200, min_length = 1, description = "Repeating a request with the same key and parameters within 24 h returns the same job (200); the same key with other parameters is refused (409). Keys are per token.")
     ),
     request_body(content = CreateJob, description = "Parameters (the body may be empty)"),
     responses(
@@ -184,7 +192,8 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
         (status = 403, description = "Token may not start this task", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Parameters refused, or the Idempotency-Key was used with other parameters", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used with other parameters", body = ErrorBody),
+        (status = 422, description = "Parameters refused", body = ErrorBody),
         (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
     ),
     security((), ("bearer" = []))
@@ -229,7 +238,7 @@ pub async fn create_job(
         )
         .await?;
     if !created && job.params != params {
-        return Err(ApiError::Unprocessable(format!(
+        return Err(ApiError::Conflict(format!(
             "Idempotency-Key `{}` was used for job {} with different parameters; use a new key",
             key.unwrap_or_default(),
             job.id
@@ -279,7 +288,7 @@ pub(super) fn caller_and_task(
 /// (422); then all are stored by one commit, or none is. Each job may carry its own
 /// idempotency key, as the `Idempotency-Key` header of a single start: a key used by the
 /// same token within 24 h with the same parameters names the job made then (its id is in
-/// the answer, nothing is added); with other parameters the batch is refused (422).
+/// the answer, nothing is added); with other parameters the batch is refused (409).
 #[utoipa::path(
     post,
     path = "/v1/tasks/{task}/jobs:batch",
@@ -294,6 +303,7 @@ pub(super) fn caller_and_task(
         (status = 403, description = "Token may not start this task", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 413, description = "More jobs than jobs.batch_max, or a body over http.body_limit", body = ErrorBody),
+        (status = 409, description = "An idempotency_key was used with other parameters (the message names its index); nothing was queued", body = ErrorBody),
         (status = 422, description = "A job refused (the message names its index); nothing was queued", body = ErrorBody),
         (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
     ),
@@ -321,8 +331,13 @@ pub async fn create_jobs_batch(
             "`jobs` is empty; a batch holds 1 or more jobs".into(),
         ));
     }
-    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
-    let mut jobs = Vec::with_capacity(request.jobs.len());
+    // A key names one job, within a batch as across requests: a repeat with the same
+    // parameters is that job again (its id twice in the answer), with others a conflict.
+    let mut seen: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    let mut jobs: Vec<NewJob> = Vec::with_capacity(request.jobs.len());
+    // For each job of the request, its place in `jobs` and the request index that put it there.
+    let mut slots: Vec<usize> = Vec::with_capacity(request.jobs.len());
+    let mut first_index: Vec<usize> = Vec::with_capacity(request.jobs.len());
     for (i, job) in request.jobs.iter().enumerate() {
         if let Some(key) = job.idempotency_key.as_deref() {
             if !valid_key(key) {
@@ -330,17 +345,27 @@ pub async fn create_jobs_batch(
                     "jobs[{i}]: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters; nothing was queued"
                 )));
             }
-            if let Some(first) = seen.insert(key, i) {
-                return Err(ApiError::Unprocessable(format!(
-                    "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}]; keys must be distinct within a batch; nothing was queued"
-                )));
-            }
         }
         let params = task
             .check_params(&job.params)
             .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
+        let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
+        if let Some(key) = job.idempotency_key.as_deref() {
+            if let Some(&(first, slot)) = seen.get(key) {
+                if jobs[slot].params != params {
+                    return Err(ApiError::Conflict(format!(
+                        "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}], with different parameters; use a new key; nothing was queued"
+                    )));
+                }
+                slots.push(slot);
+                continue;
+            }
+            seen.insert(key, (i, jobs.len()));
+        }
+        slots.push(jobs.len());
+        first_index.push(i);
         jobs.push(NewJob {
-            params: serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?,
+            params,
             idempotency_key: job.idempotency_key.clone(),
         });
     }
@@ -355,9 +380,9 @@ pub async fn create_jobs_batch(
         )
         .await?;
     let done = done.map_err(|conflict| {
-        ApiError::Unprocessable(format!(
+        ApiError::Conflict(format!(
             "jobs[{}]: idempotency_key `{}` was used for job {} with different parameters; use a new key; nothing was queued",
-            conflict.index,
+            first_index[conflict.index],
             jobs[conflict.index].idempotency_key.as_deref().unwrap_or_default(),
             conflict.id
         ))
@@ -375,7 +400,7 @@ pub async fn create_jobs_batch(
     Ok((
         status,
         Json(BatchCreated {
-            ids: done.iter().map(|e| e.id).collect(),
+            ids: slots.iter().map(|&slot| done[slot].id).collect(),
             created,
         }),
     )
@@ -387,7 +412,7 @@ pub async fn create_jobs_batch(
     get,
     path = "/v1/jobs/{id}",
     tag = "jobs",
-    params(("id" = String, Path, description = "Job id (a positive integer)")),
+    params(("id" = i64, Path, minimum = 1, description = "Job id (a positive integer)")),
     responses(
         (status = 200, body = JobView),
         (status = 400, body = ErrorBody),
@@ -436,9 +461,8 @@ pub async fn list_jobs(
     let state_filter = match q.state.as_deref() {
         None => None,
         Some(raw) => Some(JobState::parse(raw).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "state `{raw}` is not one of queued, running, succeeded, failed, cancelled"
-            ))
+            let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("state `{raw}` is not one of {}", states.join(", ")))
         })?),
     };
     let before_id = match q.cursor.as_deref() {
@@ -463,7 +487,7 @@ pub async fn list_jobs(
     post,
     path = "/v1/jobs/{id}/cancel",
     tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    params(("id" = i64, Path, minimum = 1, description = "Job id")),
     responses(
         (status = 200, description = "Cancelled, or flagged for its runner to stop", body = Job),
         (status = 400, body = ErrorBody),
@@ -511,7 +535,7 @@ pub async fn cancel_job(
     get,
     path = "/v1/jobs/{id}/log",
     tag = "jobs",
-    params(("id" = String, Path, description = "Job id"), LogQuery),
+    params(("id" = i64, Path, minimum = 1, description = "Job id"), LogQuery),
     responses(
         (status = 200, description = "Output lines", content_type = "text/plain", body = String,
             headers(("Link" = String, description = "With `limit`, when the page is full: `</v1/jobs/ID/log?after=SEQ&limit=N>; rel=\"next\"`, the next page. Absent on the last page."))),
@@ -559,15 +583,9 @@ pub async fn job_log(
                 })?,
         ),
     };
-    if follow && limit.is_some() {
-        return Err(ApiError::BadRequest(
-            "follow and limit cannot be combined; page with after and limit, or follow from after"
-                .into(),
-        ));
-    }
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     let store = state.jobs.store.clone();
-    if let Some(limit) = limit {
+    if let Some(limit) = limit.filter(|_| !follow) {
         let lines = read(|| store.output(job.id, after, limit)).await?;
         let mut body = String::new();
         push_lines(&mut body, &lines);
@@ -592,7 +610,7 @@ pub async fn job_log(
     Ok((
         text,
         [(header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(follow_stream(state, job.id, after)),
+        Body::from_stream(follow_stream(state, job.id, after, limit)),
     )
         .into_response())
 }
@@ -637,12 +655,14 @@ fn push_lines(text: &mut String, lines: &[OutputLine]) {
     }
 }
 
-/// New lines as they are written, until the job ends or this process starts to stop
-/// (the stream then ends cleanly; a client reconnects to the next process).
+/// New lines as they are written, until the job ends, `limit` lines were sent, or this
+/// process starts to stop (the stream then ends cleanly; a client reconnects to the next
+/// process).
 fn follow_stream(
     state: AppState,
     job_id: i64,
     after: i64,
+    limit: Option<i64>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let poll = state
         .config()
@@ -650,21 +670,24 @@ fn follow_stream(
         .log_flush_interval
         .max(Duration::from_millis(100));
     futures::stream::unfold(
-        (state, after, false),
-        move |(state, after, ended)| async move {
-            if ended {
+        (state, after, false, limit.unwrap_or(i64::MAX)),
+        move |(state, after, ended, left)| async move {
+            if ended || left <= 0 {
                 return None;
             }
             loop {
-                let lines = match state.jobs.store.output(job_id, after, 500).await {
+                let lines = match state.jobs.store.output(job_id, after, left.min(500)).await {
                     Ok(lines) => lines,
-                    Err(e) => return Some((Err(std::io::Error::other(e)), (state, after, true))),
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e)), (state, after, true, left)))
+                    }
                 };
                 if let Some(last) = lines.last() {
                     let next = last.seq;
                     let mut chunk = String::new();
                     push_lines(&mut chunk, &lines);
-                    return Some((Ok(Bytes::from(chunk)), (state, next, false)));
+                    let left = left - lines.len() as i64;
+                    return Some((Ok(Bytes::from(chunk)), (state, next, false, left)));
                 }
                 let finished = matches!(state.jobs.store.get(job_id).await, Ok(Some(job)) if job.state.is_final());
                 // Lines written before the final state are in the database already (the

@@ -6,6 +6,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod tasks;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, Request};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -87,6 +88,8 @@ pub struct AppStateInner {
     pub auth: Arc<Swap<Auth>>,
     pub jobs: JobsState,
     pub metrics: Arc<Metrics>,
+    /// The OpenAPI document of the routes, which `/v1/openapi.json` writes out per task.
+    pub openapi: openapi::BaseDoc,
 }
 
 impl AppStateInner {
@@ -177,13 +180,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let live = state.live.clone();
     let metrics = state.metrics.clone();
-    let doc = Arc::new(openapi());
     let (routes, _) = api();
     let routes = routes
-        .route(
-            "/v1/openapi.json",
-            get(move || async move { Json(doc.as_ref().clone()) }),
-        )
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics::render))
         .with_state(state);
     let edge = Arc::new(middleware::Edge {

@@ -81,6 +81,19 @@ impl Task {
             .collect()
     }
 
+    /// The parameters the command uses: a request must give each of them.
+    pub fn required_params(&self) -> Vec<&str> {
+        let mut required: Vec<&str> = self
+            .config
+            .command
+            .iter()
+            .filter_map(|arg| placeholder(arg))
+            .collect();
+        required.sort_unstable();
+        required.dedup();
+        required
+    }
+
     /// Checks request parameters: every name known, every value a string matching its rule,
     /// and every parameter the command uses present.
     pub fn check_params(
