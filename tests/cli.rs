@@ -91,7 +91,16 @@ command = ["/bin/sh", "-c", "touch held; for i in $(seq 1 300); do [ -f release 
 "#;
 
 async fn serve_tasks(backend: Backend, extra: &str) -> (Shiftd, Option<TestDatabase>) {
+    serve_tasks_with(backend, extra, |b| b).await
+}
+
+async fn serve_tasks_with(
+    backend: Backend,
+    extra: &str,
+    tweak: impl FnOnce(ShiftdBuilder) -> ShiftdBuilder,
+) -> (Shiftd, Option<TestDatabase>) {
     let (b, db) = builder(backend).await;
+    let b = tweak(b);
     let dir = b.workdir().clone();
     let mut text = String::from(TASKS);
     text.push_str(extra);
@@ -334,29 +343,7 @@ on_shutdown = "finish"
     )
     .await;
     let url = format!("http://{}", app.addr);
-    let mut client = client_command(&[
-        "job",
-        "start",
-        "lines",
-        "--follow",
-        "--reconnect-for",
-        "30s",
-        "--url",
-        &url,
-    ])
-    .spawn()
-    .expect("spawn the client");
-    let stdout = client.stdout.take().expect("stdout");
-    let printed: Arc<Mutex<Vec<String>>> = Arc::default();
-    let reader = tokio::spawn({
-        let printed = printed.clone();
-        async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                printed.lock().unwrap().push(line);
-            }
-        }
-    });
+    let (mut client, printed, reader) = follow_client(&url, "lines");
     let mut stderr = client.stderr.take().expect("stderr");
 
     // The client has printed the first three lines, streamed by the first process.
@@ -417,6 +404,117 @@ on_shutdown = "finish"
         "client stderr: {err}"
     );
     assert!(err.contains(&format!("job {id} succeeded")), "{err}");
+    stop(again).await;
+    drop(db);
+}
+
+/// Spawns `shiftd job start TASK --follow` and collects what it prints, line by line.
+fn follow_client(
+    url: &str,
+    task: &str,
+) -> (
+    tokio::process::Child,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut client = client_command(&[
+        "job",
+        "start",
+        task,
+        "--follow",
+        "--reconnect-for",
+        "30s",
+        "--url",
+        url,
+    ])
+    .spawn()
+    .expect("spawn the client");
+    let stdout = client.stdout.take().expect("stdout");
+    let printed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reader = tokio::spawn({
+        let printed = printed.clone();
+        async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                printed.lock().unwrap().push(line);
+            }
+        }
+    });
+    (client, printed, reader)
+}
+
+/// `--follow` across a SIGKILL of the service: the stream breaks off; the client
+/// reconnects to the next process, which runs the job again once its lease has expired,
+/// and prints what the job wrote after the kill: the stored log, each line once.
+async fn follow_survives_a_sigkill(backend: Backend) {
+    let (app, db) = serve_tasks_with(
+        backend,
+        r#"
+[tasks.lines]
+command = ["/bin/sh", "-c", "if [ -e first ]; then echo line 4; echo line 5; echo line 6; exit 0; fi; touch first; echo line 1; echo line 2; echo line 3; echo $$ > first.pid; for i in $(seq 1 300); do sleep 0.1; done"]
+"#,
+        |b| b.set("jobs.lease", "2s"),
+    )
+    .await;
+    let url = format!("http://{}", app.addr);
+    let (mut client, printed, reader) = follow_client(&url, "lines");
+    let mut stderr = client.stderr.take().expect("stderr");
+    let deadline = Instant::now() + secs(15);
+    while !printed.lock().unwrap().iter().any(|l| l == "line 3") {
+        assert!(
+            Instant::now() < deadline,
+            "the client printed {:?}",
+            printed.lock().unwrap()
+        );
+        tokio::time::sleep(millis(20)).await;
+    }
+    let pid_file = app.workdir().path().join("first.pid");
+    wait_file(&pid_file, secs(10)).await;
+    app.signal(nix::sys::signal::Signal::SIGKILL);
+    app.wait_exit(secs(5)).await;
+    // Under systemd the unit's cgroup goes with the service (KillMode=mixed); here the
+    // first attempt's process group is killed by hand, so none outlives the test.
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if let Ok(group) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    let again = app.builder_again().start().await;
+    let status = tokio::time::timeout(secs(40), client.wait())
+        .await
+        .expect("the client ends once the job has ended")
+        .expect("its status");
+    reader.await.unwrap();
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err).await;
+    assert_eq!(status_code(status), 0, "client stderr: {err}");
+    let printed = printed.lock().unwrap().clone();
+    let own: Vec<&str> = printed
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    assert_eq!(
+        own,
+        ["line 1", "line 2", "line 3", "line 4", "line 5", "line 6"],
+        "every line once, in order; client stderr: {err}"
+    );
+    assert!(
+        printed.iter().any(|l| l.starts_with("attempt 2 of")),
+        "the second attempt's lines came from the next process: {printed:?}"
+    );
+    let run = cli_at(again.addr, &["job", "list", "--task", "lines", "--json"]).await;
+    let id = run.json()["jobs"][0]["id"].to_string();
+    let log = cli_at(again.addr, &["job", "log", &id]).await;
+    assert_eq!(
+        printed.join("\n") + "\n",
+        log.stdout,
+        "client stderr: {err}"
+    );
     stop(again).await;
     drop(db);
 }
@@ -536,6 +634,16 @@ async fn follow_survives_a_graceful_restart_sqlite() {
 #[tokio::test]
 async fn follow_survives_a_graceful_restart_postgres() {
     follow_survives_a_graceful_restart(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn follow_survives_a_sigkill_sqlite() {
+    follow_survives_a_sigkill(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn follow_survives_a_sigkill_postgres() {
+    follow_survives_a_sigkill(Backend::Postgres).await;
 }
 
 // ---------------------------------------------------------------------------------------
