@@ -216,6 +216,7 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
     man.render_subcommands_section(&mut out)?;
     out.extend_from_slice(MAN_EXTRA.as_bytes());
     out.extend_from_slice(MAN_CLIENT.as_bytes());
+    out.extend_from_slice(client_commands(&Cli::command()).as_bytes());
     man.render_version_section(&mut out)?;
     Ok(out)
 }
@@ -270,6 +271,60 @@ directories, \fBRestrictAddressFamilies=AF_NETLINK\fR for tools that list interf
 \fBSystemCallFilter=@resources\fR for tools that change priorities or limits. Raise
 \fBTimeoutStopSec=\fR when shutdown.grace grows; \fBshiftd check\fR prints the value.
 "#;
+
+/// Each client command with its usage, what it does and its own options, in roff (clap's
+/// man renderer shows only the top-level subcommands).
+fn client_commands(cli: &clap::Command) -> String {
+    let roff = |text: &str| text.replace('\\', "\\e").replace('-', "\\-");
+    let mut out = String::from(".SS Commands\n");
+    for group in ["job", "task"] {
+        let Some(group) = cli.find_subcommand(group) else {
+            continue;
+        };
+        for action in group.get_subcommands() {
+            let mut usage = format!("shiftd {} {}", group.get_name(), action.get_name());
+            for arg in action.get_positionals() {
+                usage.push_str(&format!(" {}", arg.get_id().as_str().to_uppercase()));
+            }
+            out.push_str(&format!(".TP\n\\fB{}\\fR\n", roff(&usage)));
+            if let Some(about) = action.get_about() {
+                out.push_str(&format!("{}\n", roff(&about.to_string())));
+            }
+            for arg in action.get_arguments() {
+                if arg.is_positional() || arg.is_global_set() || arg.get_id() == "help" {
+                    continue;
+                }
+                let Some(long) = arg.get_long() else {
+                    continue;
+                };
+                let mut name = match arg.get_short() {
+                    Some(short) => format!("-{short}, --{long}"),
+                    None => format!("--{long}"),
+                };
+                if let Some(value) = arg
+                    .get_value_names()
+                    .and_then(|v| v.first())
+                    .filter(|_| arg.get_action().takes_values())
+                {
+                    name.push_str(&format!(" {value}"));
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let default = match arg.get_default_values().first() {
+                    Some(d) => format!(" (default {})", d.to_string_lossy()),
+                    None => String::new(),
+                };
+                out.push_str(&format!(
+                    ".RS\n.TP\n\\fB{}\\fR\n{}{}\n.RE\n",
+                    roff(&name),
+                    roff(&help),
+                    roff(&default)
+                ));
+            }
+        }
+    }
+    out.push_str(".PP\nEvery command also takes \\fB\\-\\-url\\fR, \\fB\\-\\-token\\-file\\fR, \\fB\\-\\-json\\fR, \\fB\\-\\-timeout\\fR and \\fB\\-\\-config\\fR.\n");
+    out
+}
 
 /// The client commands: where they connect, examples, exit codes.
 const MAN_CLIENT: &str = r#".SH CLIENT

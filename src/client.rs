@@ -450,11 +450,7 @@ fn local_address(config_path: Option<&Path>) -> Result<(String, String), Failure
             return Ok((addr, "the address of shiftd.socket".into()));
         }
     }
-    // SHIFTD_URL and SHIFTD_TOKEN_FILE are the client's, not configuration overrides.
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k != "SHIFTD_URL" && k != "SHIFTD_TOKEN_FILE")
-        .collect();
-    let config = Config::load_from(config_path, &env).map_err(|e| {
+    let config = Config::load(config_path).map_err(|e| {
         Failure::new(
             exit::CONFIG,
             format!("cannot tell where shiftd listens: {e}; or pass --url"),
