@@ -81,7 +81,8 @@ pub struct ClientArgs {
     /// Print the API's JSON as it is, for scripts, instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Deadline of each request (connecting and the answer's head).
+    /// Deadline of each request (connecting and the answer's head). A --follow stream
+    /// silent for three times this is reopened where it was.
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }

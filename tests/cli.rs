@@ -519,6 +519,38 @@ command = ["/bin/sh", "-c", "if [ -e first ]; then echo line 4; echo line 5; ech
     drop(db);
 }
 
+/// A job silent for several times the client's quiet limit (three --timeouts, 2.1s here)
+/// and --reconnect-for: the client asks again each time, and a quiet stream is not an
+/// outage that would use up --reconnect-for.
+#[tokio::test]
+async fn follow_rides_out_a_silent_job() {
+    let (app, _db) = serve_tasks(
+        Backend::Sqlite,
+        r#"
+[tasks.quiet]
+command = ["/bin/sh", "-c", "echo before; sleep 8; echo after"]
+"#,
+    )
+    .await;
+    let run = cli_at(
+        app.addr,
+        &[
+            "job",
+            "start",
+            "quiet",
+            "--follow",
+            "--timeout",
+            "700ms",
+            "--reconnect-for",
+            "1s",
+        ],
+    )
+    .await;
+    assert_code(&run, 0);
+    assert!(run.stdout.contains("\nbefore\nafter\n"), "{run:#?}");
+    stop(app).await;
+}
+
 /// No service: one line saying where it tried, where that address came from, and what to
 /// do; exit 69. An address 0.0.0.0 in the configuration means loopback.
 #[tokio::test]
