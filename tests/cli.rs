@@ -9,6 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::faults::wait_file;
 use common::*;
@@ -517,6 +518,144 @@ command = ["/bin/sh", "-c", "if [ -e first ]; then echo line 4; echo line 5; ech
     );
     stop(again).await;
     drop(db);
+}
+
+/// The process a hand-over started (init's child after the double fork, not the test's):
+/// killed at the end of the test whatever happens.
+struct Successor(i32);
+
+impl Successor {
+    /// Waits until the process is gone (polled, with a deadline).
+    async fn wait_gone(&self, timeout: Duration) {
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        let deadline = Instant::now() + timeout;
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "process {} still there after {timeout:?}",
+                self.0
+            );
+            tokio::time::sleep(millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// `--follow` across a hand-over (`systemctl reload`, a package upgrade): the old process
+/// ends its log streams and lets the job run on; the client reconnects, the new process
+/// streams what the old one's job writes after the hand-over; each line once.
+async fn follow_survives_a_hand_over(backend: Backend) {
+    let (app, db) = serve_tasks(
+        backend,
+        r#"
+[tasks.lines]
+command = ["/bin/sh", "-c", "echo line 1; echo line 2; echo line 3; touch started; for i in $(seq 1 300); do [ -f release ] && break; sleep 0.1; done; echo line 4; echo line 5; echo line 6"]
+"#,
+    )
+    .await;
+    let work = app.workdir().path().to_path_buf();
+    let url = format!("http://{}", app.addr);
+    let (mut client, printed, reader) = follow_client(&url, "lines");
+    let mut stderr = client.stderr.take().expect("stderr");
+    let deadline = Instant::now() + secs(15);
+    while !printed.lock().unwrap().iter().any(|l| l == "line 3") {
+        assert!(
+            Instant::now() < deadline,
+            "the client printed {:?}",
+            printed.lock().unwrap()
+        );
+        tokio::time::sleep(millis(20)).await;
+    }
+    wait_file(&work.join("started"), secs(10)).await;
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["reload", "--timeout", "30s"])
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .expect("run shiftd reload");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "shiftd reload: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        app.dump()
+    );
+    let handed = app
+        .notify
+        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
+        .await;
+    let successor = Successor(
+        handed
+            .value("MAINPID")
+            .and_then(|v| v.parse().ok())
+            .expect("MAINPID=<pid>"),
+    );
+    app.stderr
+        .wait_contains(&format!("hand-over to pid {} done", successor.0), secs(10))
+        .await;
+    // Only now does the job write the rest, in the old process, while the new one serves.
+    std::fs::write(work.join("release"), "").unwrap();
+    assert_eq!(app.wait_exit(secs(20)).await, 0, "{}", app.dump());
+
+    let status = tokio::time::timeout(secs(30), client.wait())
+        .await
+        .expect("the client ends once the job has ended")
+        .expect("its status");
+    reader.await.unwrap();
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err).await;
+    assert_eq!(status_code(status), 0, "client stderr: {err}");
+    let printed = printed.lock().unwrap().clone();
+    let own: Vec<&str> = printed
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("line "))
+        .collect();
+    assert_eq!(
+        own,
+        ["line 1", "line 2", "line 3", "line 4", "line 5", "line 6"],
+        "every line once, in order; client stderr: {err}"
+    );
+    let run = cli_at(app.addr, &["job", "list", "--task", "lines", "--json"]).await;
+    let job = &run.json()["jobs"][0];
+    assert_eq!(job["attempts"], 1, "the job was never interrupted: {job}");
+    let id = job["id"].to_string();
+    let log = cli_at(app.addr, &["job", "log", &id]).await;
+    assert_eq!(
+        printed.join("\n") + "\n",
+        log.stdout,
+        "client stderr: {err}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(successor.0),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM the new process");
+    successor.wait_gone(secs(20)).await;
+    drop(db);
+}
+
+#[tokio::test]
+async fn follow_survives_a_hand_over_sqlite() {
+    follow_survives_a_hand_over(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn follow_survives_a_hand_over_postgres() {
+    follow_survives_a_hand_over(Backend::Postgres).await;
 }
 
 /// A job silent for several times the client's quiet limit (three --timeouts, 2.1s here)
