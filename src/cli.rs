@@ -199,6 +199,9 @@ pub mod exit {
     pub const REFUSED: u8 = 5;
     /// `shiftd job …`/`shiftd task …`: the job had not ended within --wait-for.
     pub const STILL_RUNNING: u8 = 75;
+    /// `shiftd job …`/`shiftd task …`: whoever read the output closed it (`| head`), as a
+    /// shell reports a writer ended by SIGPIPE.
+    pub const OUTPUT_CLOSED: u8 = 141;
 }
 
 /// The man page, from the same definition clap parses.
@@ -359,5 +362,6 @@ Exit status of the client: 0 done (with \fB--wait\fR or \fB--follow\fR: the job 
 5 refused (a bad parameter, a token that may not, a job already ended: the API's message is
 printed); 69 cannot connect, or the service was unavailable for longer than
 \fB--reconnect-for\fR; 75 the job had not ended within \fB--wait-for\fR (24h);
-78 the configuration or the token file cannot be read; 1 anything else; 2 a usage error.
+78 the configuration or the token file cannot be read; 141 the reader of the output
+closed it (as \fBhead\fR does); 1 anything else; 2 a usage error.
 "#;

@@ -75,7 +75,9 @@ pub fn run(config_path: Option<&Path>, args: &ClientArgs, action: Action) -> u8 
         Ok(code) => code,
         Err(f) => {
             let _ = std::io::stdout().flush();
-            eprintln!("shiftd: {}", f.message);
+            if !f.message.is_empty() {
+                eprintln!("shiftd: {}", f.message);
+            }
             f.code
         }
     }
@@ -300,9 +302,7 @@ impl Conn {
                 let complete: Vec<u8> = partial.drain(..=end).collect();
                 out.write_all(&complete)
                     .and_then(|()| out.flush())
-                    .map_err(|e| {
-                        Failure::new(exit::FAILURE, format!("cannot write the output: {e}"))
-                    })?;
+                    .map_err(output_failed)?;
                 *printed += complete.iter().filter(|b| **b == b'\n').count() as u64;
             }
         }
@@ -615,15 +615,32 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_json(v: &Value) {
-    println!(
-        "{}",
+/// Writes to stdout. A reader that went away (`| head`) ends the client quietly with 141,
+/// as a shell reports a writer killed by SIGPIPE; Rust's print macros would panic instead.
+fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(output_failed)
+}
+
+fn output_failed(e: std::io::Error) -> Failure {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Failure::new(exit::OUTPUT_CLOSED, "")
+    } else {
+        Failure::new(exit::FAILURE, format!("cannot write the output: {e}"))
+    }
+}
+
+fn print_json(v: &Value) -> Result<(), Failure> {
+    emit(&format!(
+        "{}\n",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-    );
+    ))
 }
 
 /// One job as "key  value" lines, then the end of its output when the API gave it.
-fn print_job(job: &Value) {
+fn print_job(job: &Value) -> Result<(), Failure> {
     let attempts = format!("{}/{}", field(job, "attempts"), field(job, "max_attempts"));
     let mut rows = vec![
         vec!["id".into(), field(job, "id")],
@@ -649,16 +666,17 @@ fn print_job(job: &Value) {
     }
     let text = table(&["FIELD", "VALUE"], &rows);
     // The header line is for lists; one job reads better without it.
-    print!(
-        "{}",
-        text.split_once('\n').map(|(_, rest)| rest).unwrap_or("")
-    );
+    let mut text = text
+        .split_once('\n')
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or_default();
     if let Some(tail) = job.get("output_tail").and_then(Value::as_array) {
-        println!("output (last {} lines):", tail.len());
+        text.push_str(&format!("output (last {} lines):\n", tail.len()));
         for line in tail {
-            println!("  {}", plain(line));
+            text.push_str(&format!("  {}\n", plain(line)));
         }
     }
+    emit(&text)
 }
 
 /// A short account of how a job ended, for stderr after --follow.
@@ -737,7 +755,7 @@ async fn job_command(conn: &Conn, action: JobAction) -> Result<u8, Failure> {
                 let ended = conn.follow_log(&id, &waiting, &mut out).await?;
                 drop(out);
                 if conn.json {
-                    print_json(&ended);
+                    print_json(&ended)?;
                 } else {
                     eprintln!("shiftd: {}", outcome(&ended));
                 }
@@ -746,25 +764,25 @@ async fn job_command(conn: &Conn, action: JobAction) -> Result<u8, Failure> {
             if wait {
                 let ended = conn.wait_job(&id, &waiting).await?;
                 if conn.json {
-                    print_json(&ended);
+                    print_json(&ended)?;
                 } else {
-                    print_job(&ended);
+                    print_job(&ended)?;
                 }
                 return Ok(ended_code(&ended));
             }
             if conn.json {
-                print_json(&job);
+                print_json(&job)?;
             } else {
-                print_job(&job);
+                print_job(&job)?;
             }
             Ok(exit::OK)
         }
         JobAction::Get { id } => {
             let job = conn.get_job(&id).await?;
             if conn.json {
-                print_json(&job);
+                print_json(&job)?;
             } else {
-                print_job(&job);
+                print_job(&job)?;
             }
             Ok(exit::OK)
         }
@@ -804,7 +822,7 @@ async fn job_command(conn: &Conn, action: JobAction) -> Result<u8, Failure> {
             }
             jobs.truncate(limit as usize);
             if conn.json {
-                print_json(&serde_json::json!({ "jobs": jobs, "next_cursor": cursor }));
+                print_json(&serde_json::json!({ "jobs": jobs, "next_cursor": cursor }))?;
                 return Ok(exit::OK);
             }
             let rows: Vec<Vec<String>> = jobs
@@ -821,13 +839,12 @@ async fn job_command(conn: &Conn, action: JobAction) -> Result<u8, Failure> {
                     ]
                 })
                 .collect();
-            print!(
-                "{}",
-                table(
-                    &["ID", "TASK", "STATE", "ATTEMPTS", "CREATED", "EXIT", "PARAMS"],
-                    &rows
-                )
-            );
+            emit(&table(
+                &[
+                    "ID", "TASK", "STATE", "ATTEMPTS", "CREATED", "EXIT", "PARAMS",
+                ],
+                &rows,
+            ))?;
             if cursor.is_some() {
                 eprintln!("shiftd: more jobs than --limit {limit}; raise it to see more");
             }
@@ -860,15 +877,15 @@ async fn job_command(conn: &Conn, action: JobAction) -> Result<u8, Failure> {
                 )
                 .await?;
             if conn.json {
-                print_json(&job);
+                print_json(&job)?;
             } else if is_final(&job) {
-                println!("job {} {}", job_id(&job), field(&job, "state"));
+                emit(&format!("job {} {}\n", job_id(&job), field(&job, "state")))?;
             } else {
-                println!(
-                    "job {}: cancel requested; it stops soon ({} now)",
+                emit(&format!(
+                    "job {}: cancel requested; it stops soon ({} now)\n",
                     job_id(&job),
                     field(&job, "state")
-                );
+                ))?;
             }
             Ok(exit::OK)
         }
@@ -882,7 +899,7 @@ async fn task_command(conn: &Conn, action: TaskAction) -> Result<u8, Failure> {
                 .call(reqwest::Method::GET, conn.url(&["v1", "tasks"]), None, &[])
                 .await?;
             if conn.json {
-                print_json(&tasks);
+                print_json(&tasks)?;
                 return Ok(exit::OK);
             }
             let rows: Vec<Vec<String>> = tasks
@@ -913,21 +930,18 @@ async fn task_command(conn: &Conn, action: TaskAction) -> Result<u8, Failure> {
                     ]
                 })
                 .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "TASK",
-                        "PAUSED",
-                        "SCHEDULE",
-                        "NEXT RUN",
-                        "CONCURRENCY",
-                        "TIMEOUT",
-                        "PARAMS"
-                    ],
-                    &rows
-                )
-            );
+            emit(&table(
+                &[
+                    "TASK",
+                    "PAUSED",
+                    "SCHEDULE",
+                    "NEXT RUN",
+                    "CONCURRENCY",
+                    "TIMEOUT",
+                    "PARAMS",
+                ],
+                &rows,
+            ))?;
             return Ok(exit::OK);
         }
         TaskAction::Pause { task } => (task, true),
@@ -943,14 +957,16 @@ async fn task_command(conn: &Conn, action: TaskAction) -> Result<u8, Failure> {
         )
         .await?;
     if conn.json {
-        print_json(&answer);
+        print_json(&answer)?;
     } else if answer.get("paused").and_then(Value::as_bool) == Some(true) {
-        println!(
-            "task {task} paused (since {}): its queued jobs wait; running ones go on",
+        emit(&format!(
+            "task {task} paused (since {}): its queued jobs wait; running ones go on\n",
             field(&answer, "paused_at")
-        );
+        ))?;
     } else {
-        println!("task {task} resumed: its queued jobs are claimed again");
+        emit(&format!(
+            "task {task} resumed: its queued jobs are claimed again\n"
+        ))?;
     }
     Ok(exit::OK)
 }

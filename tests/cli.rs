@@ -321,6 +321,20 @@ async fn commands_against_the_service(backend: Backend) {
         .collect();
     assert_eq!(names, ["echo", "fail", "hold"]);
 
+    // A reader that closed the output (`| head`): a quiet exit 141, no panic.
+    let url = format!("http://{addr}");
+    let mut closed = client_command(&["job", "log", &id, "--url", &url])
+        .spawn()
+        .expect("spawn the client");
+    drop(closed.stdout.take());
+    let out = tokio::time::timeout(secs(30), closed.wait_with_output())
+        .await
+        .expect("the client ends")
+        .expect("its output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status_code(out.status), 141, "{err}");
+    assert!(err.is_empty(), "{err}");
+
     // Without --url: the address is http.listen of the configuration given.
     let config = app.config_path.display().to_string();
     let run = cli(&["job", "get", &id, "--json", "--config", &config]).await;
