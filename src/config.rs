@@ -736,11 +736,18 @@ fn positive(key: &str, d: Duration) -> Result<(), ConfigError> {
     }
 }
 
+/// Variables of the client (`shiftd job …`), not configuration overrides: a shell that sets
+/// them for the client may run `shiftd check` or `shiftd serve` as well.
+pub const CLIENT_ENV: [&str; 2] = ["SHIFTD_URL", "SHIFTD_TOKEN_FILE"];
+
 /// Keeps only `SHIFTD_*` variables, and rejects those that are not `SHIFTD_<SECTION>__<KEY>`
 /// so a typo is an error rather than silently ignored.
 fn env_overrides(env: &[(String, String)]) -> Result<config::Map<String, String>, ConfigError> {
     let mut out = config::Map::new();
     for (k, v) in env {
+        if CLIENT_ENV.contains(&k.as_str()) {
+            continue;
+        }
         if let Some(rest) = k.strip_prefix("SHIFTD_") {
             if !rest.contains("__") {
                 return Err(ConfigError::new(
@@ -811,6 +818,19 @@ mod tests {
     fn bad_duration_is_named() {
         let e = load("[shutdown]\ngrace = \"soon\"\n", &[]).unwrap_err();
         assert_eq!(e.key, "shutdown.grace", "{e}");
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_overrides() {
+        let c = load(
+            "",
+            &[
+                ("SHIFTD_URL", "http://127.0.0.1:9"),
+                ("SHIFTD_TOKEN_FILE", "/run/token"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.clone().unwrap_or(Command::Serve) {
         Command::Man => match shiftd::cli::man_page() {
             Ok(page) => {
                 use std::io::Write;
@@ -42,6 +42,16 @@ fn main() -> ExitCode {
         )),
         Command::Reload { timeout } => reload(cli.config.as_deref(), timeout),
         Command::Serve => serve(cli, systemd),
+        Command::Job { client, action } => ExitCode::from(shiftd::client::run(
+            cli.config.as_deref(),
+            &client,
+            shiftd::client::Action::Job(action),
+        )),
+        Command::Task { client, action } => ExitCode::from(shiftd::client::run(
+            cli.config.as_deref(),
+            &client,
+            shiftd::client::Action::Task(action),
+        )),
     }
 }
 
