@@ -7,6 +7,7 @@
 //! past its `max_output` is discarded before it gets here, and counted (`runner.rs`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -54,8 +55,12 @@ impl OutputBuffer {
     /// Buffers a line of a job's output, waiting while the buffer is full (back-pressure:
     /// the caller stops reading the job's pipe until a flush makes room). A line always
     /// fits into an empty buffer, so one long line cannot wait forever.
-    pub async fn push(&self, line: OutputLine) {
-        let mut line = Some(line);
+    ///
+    /// The line is numbered from `seq` as it goes in, under the buffer's lock: a job's
+    /// lines are written in the order of their numbers even when its stdout and stderr
+    /// readers both waited for room, so a reader that follows the log by number (the
+    /// follow stream, the client) never passes a line that is written later.
+    pub async fn push(&self, mut line: OutputLine, seq: &AtomicI64) {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -64,7 +69,8 @@ impl OutputBuffer {
             {
                 let mut pending = self.pending.lock().expect("output buffer poisoned");
                 if pending.bytes < self.capacity || pending.lines.is_empty() {
-                    pending.push(line.take().expect("pushed once"));
+                    line.seq = seq.fetch_add(1, Ordering::AcqRel) + 1;
+                    pending.push(line);
                     return;
                 }
             }
@@ -75,11 +81,10 @@ impl OutputBuffer {
 
     /// Buffers a line the service itself adds (start, exit, kill): never waits, so the
     /// runner can always say what it does; there are a handful per attempt.
-    pub fn note(&self, line: OutputLine) {
-        self.pending
-            .lock()
-            .expect("output buffer poisoned")
-            .push(line);
+    pub fn note(&self, mut line: OutputLine, seq: &AtomicI64) {
+        let mut pending = self.pending.lock().expect("output buffer poisoned");
+        line.seq = seq.fetch_add(1, Ordering::AcqRel) + 1;
+        pending.push(line);
     }
 
     pub fn pending(&self) -> usize {
@@ -117,6 +122,75 @@ impl OutputBuffer {
                 }
                 Err(e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, DatabaseConfig};
+    use std::sync::Arc;
+
+    fn line(job_id: i64, text: &str) -> OutputLine {
+        OutputLine {
+            job_id,
+            seq: 0,
+            attempt: 1,
+            stream: "stdout",
+            at: 0,
+            line: text.into(),
+        }
+    }
+
+    /// A line that waited for room is numbered when it goes in, after a service line that
+    /// went in while it waited: every flush writes numbers above the previous flush's, so a
+    /// reader following by number never passes a line that is written later.
+    #[tokio::test]
+    async fn lines_are_numbered_in_the_order_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}/o.db?mode=rwc", dir.path().display()),
+            ..DatabaseConfig::default()
+        };
+        let db = crate::db::connect(&config, Backend::Sqlite).await.unwrap();
+        db.migrate().await.unwrap();
+        let store = Store::new(&db);
+        let (job, _) = store
+            .enqueue("t", &serde_json::json!({}), 1, None, None)
+            .await
+            .unwrap();
+        // One byte: the buffer holds one line, and the next waits for a flush.
+        let buffer = Arc::new(OutputBuffer::new(store.clone(), 1));
+        let seq = Arc::new(AtomicI64::new(0));
+        buffer.push(line(job.id, "first"), &seq).await;
+        let waiting = tokio::spawn({
+            let (buffer, seq) = (buffer.clone(), seq.clone());
+            async move { buffer.push(line(job.id, "waited"), &seq).await }
+        });
+        // The waiting push asks for a flush once it found the buffer full.
+        buffer.wait_full().await;
+        buffer.note(line(job.id, "service line"), &seq);
+        let mut flushes = Vec::new();
+        while flushes.iter().map(|(n, _)| n).sum::<usize>() < 3 {
+            let before = store.last_seq(job.id).await.unwrap();
+            let n = buffer.flush().await.unwrap();
+            if n > 0 {
+                flushes.push((n, before));
+            }
+            tokio::task::yield_now().await;
+        }
+        waiting.await.unwrap();
+        let lines = store.output(job.id, 0, 10).await.unwrap();
+        let text: Vec<(i64, &str)> = lines.iter().map(|l| (l.seq, l.line.as_str())).collect();
+        assert_eq!(
+            text,
+            [(1, "first"), (2, "service line"), (3, "waited")],
+            "numbered in the order they went in"
+        );
+        // And each flush wrote only numbers above everything written before it.
+        for (_, before) in &flushes[1..] {
+            assert!(lines.iter().filter(|l| l.seq <= *before).count() as i64 == *before);
         }
     }
 }

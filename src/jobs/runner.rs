@@ -868,7 +868,8 @@ impl JobOutput {
     fn line(&self, stream: &'static str, line: String) -> OutputLine {
         OutputLine {
             job_id: self.job_id,
-            seq: self.seq.fetch_add(1, Ordering::AcqRel) + 1,
+            // Numbered by the buffer as it takes the line (see `OutputBuffer::push`).
+            seq: 0,
             attempt: self.attempt,
             stream,
             at: now_ms(),
@@ -893,13 +894,13 @@ impl JobOutput {
             return;
         }
         let line = self.line(stream, line);
-        self.buffer.push(line).await;
+        self.buffer.push(line, &self.seq).await;
     }
 
     /// A line the service adds.
     fn note(&self, line: impl Into<String>) {
         let line = self.line("shiftd", line.into());
-        self.buffer.note(line);
+        self.buffer.note(line, &self.seq);
     }
 
     /// The marker line saying how much was discarded, if anything was.
