@@ -13,7 +13,7 @@ use crate::jobs::store::Job;
 #[derive(Debug, Clone)]
 pub enum OccurrenceOutcome {
     /// This call recorded the occurrence and queued its job.
-    Enqueued(Job),
+    Enqueued(Box<Job>),
     /// Another node (or an earlier run) recorded this occurrence or a later one.
     AlreadyRecorded,
     /// The occurrence is before the schedule's baseline (first seen or last changed).
@@ -130,7 +130,7 @@ impl Store {
                 .await?;
             // Acted on (the job reported) only once this commit succeeded.
             tx.commit().await?;
-            Ok(OccurrenceOutcome::Enqueued(job))
+            Ok(OccurrenceOutcome::Enqueued(Box::new(job)))
         }
         .await;
         let wrote = matches!(result, Ok(OccurrenceOutcome::Enqueued(_)));
