@@ -216,6 +216,24 @@ async fn delayed_jobs(backend: Backend) {
     assert_eq!(status, 202, "{now_job}");
     assert_eq!(state(&now_job), "queued", "{now_job}");
 
+    // An idempotency key behaves as for any job: the same key and params give the same
+    // scheduled job back (200), whatever the delay of the repeat.
+    let keyed = |delay: &str| {
+        client()
+            .post(format!("http://{addr}/v1/tasks/t/jobs"))
+            .header("Idempotency-Key", "nightly-1")
+            .json(&json!({ "delay": delay }))
+            .send()
+    };
+    let r = keyed("1h").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let original: Value = r.json().await.unwrap();
+    let r = keyed("2h").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(again["id"], original["id"]);
+    assert_eq!(state(&again), "scheduled");
+
     // A job an hour away is cancelled like a queued one.
     let (_, later) = post(addr, "/v1/tasks/t/jobs", json!({ "delay": "1h" })).await;
     let later_id = later["id"].as_i64().unwrap();

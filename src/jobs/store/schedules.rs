@@ -70,30 +70,25 @@ impl Store {
         retain: Duration,
     ) -> Result<OccurrenceOutcome, sqlx::Error> {
         let now = now_ms();
+        if catch_up == CatchUp::None && now - at > grace.as_millis() as i64 {
+            return Ok(match self.occurrence_state(task, at).await? {
+                OccurrenceOutcome::AlreadyRecorded => OccurrenceOutcome::AlreadyRecorded,
+                OccurrenceOutcome::NotRegistered => OccurrenceOutcome::NotRegistered,
+                OccurrenceOutcome::BeforeBaseline => OccurrenceOutcome::BeforeBaseline,
+                _ => OccurrenceOutcome::Missed,
+            });
+        }
         let result = async {
             let mut tx = self.pool.begin().await?;
-            let since: Option<i64> = sqlx::query("SELECT since FROM schedules WHERE task = $1")
-                .bind(task)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("since"))
-                .transpose()?;
-            // No baseline: enqueue nothing until the caller has registered the schedule.
-            let Some(since) = since else {
-                return Ok(OccurrenceOutcome::NotRegistered);
-            };
-            if at < since {
-                return Ok(OccurrenceOutcome::BeforeBaseline);
-            }
-            if catch_up == CatchUp::None && now - at > grace.as_millis() as i64 {
-                return Ok(OccurrenceOutcome::Missed);
-            }
-            // Only an occurrence later than every one recorded: a node whose clock is
-            // behind never enqueues an older occurrence after a newer one ran.
+            // The first statement writes, so SQLite takes the write lock at once (waiting
+            // under busy_timeout) instead of failing to upgrade a read later. Inserted only
+            // when the schedule's baseline is at or before this occurrence, and no later
+            // occurrence is recorded (a node whose clock is behind never enqueues an older
+            // occurrence after a newer one ran); the key makes a second insert a no-op.
             let inserted = sqlx::query(
                 "INSERT INTO schedule_occurrences (task, occurrence, created_at) \
-                 SELECT $1, $2, $3 WHERE NOT EXISTS \
-                 (SELECT 1 FROM schedule_occurrences WHERE task = $1 AND occurrence >= $2) \
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM schedules WHERE task = $1 AND since <= $2) \
+                 AND NOT EXISTS (SELECT 1 FROM schedule_occurrences WHERE task = $1 AND occurrence >= $2) \
                  ON CONFLICT (task, occurrence) DO NOTHING",
             )
             .bind(task)
@@ -102,7 +97,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() != 1 {
-                return Ok(OccurrenceOutcome::AlreadyRecorded);
+                // Nothing written; the transaction rolls back when dropped.
+                return Ok(None);
             }
             let rows = sqlx::query(&format!(
                 "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) \
@@ -130,10 +126,41 @@ impl Store {
                 .await?;
             // Acted on (the job reported) only once this commit succeeded.
             tx.commit().await?;
-            Ok(OccurrenceOutcome::Enqueued(Box::new(job)))
+            Ok(Some(job))
         }
         .await;
-        let wrote = matches!(result, Ok(OccurrenceOutcome::Enqueued(_)));
-        self.observe(result, wrote)
+        let wrote = matches!(result, Ok(Some(_)));
+        match self.observe(result, wrote)? {
+            Some(job) => Ok(OccurrenceOutcome::Enqueued(Box::new(job))),
+            None => self.occurrence_state(task, at).await,
+        }
+    }
+
+    /// Why the occurrence `at` of `task` is not to be enqueued now, read without writing:
+    /// no baseline, before the baseline, or recorded (it or a later one); else `Missed`.
+    async fn occurrence_state(
+        &self,
+        task: &str,
+        at: i64,
+    ) -> Result<OccurrenceOutcome, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT since, (SELECT MAX(occurrence) FROM schedule_occurrences WHERE task = $1) AS latest \
+             FROM schedules WHERE task = $1",
+        )
+        .bind(task)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(OccurrenceOutcome::NotRegistered);
+        };
+        let since: i64 = row.try_get("since")?;
+        let latest: Option<i64> = row.try_get("latest")?;
+        Ok(if at < since {
+            OccurrenceOutcome::BeforeBaseline
+        } else if latest.is_some_and(|l| l >= at) {
+            OccurrenceOutcome::AlreadyRecorded
+        } else {
+            OccurrenceOutcome::Missed
+        })
     }
 }
