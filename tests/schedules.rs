@@ -538,6 +538,73 @@ async fn reload_changes_the_schedule(backend: Backend) {
     assert_eq!(app.wait_exit(secs(15)).await, 0, "{}", app.dump());
 }
 
+/// Occurrence rows do not grow forever: with `jobs.retain = "1s"` only the rows of the
+/// last second or so remain (the newest always), while every occurrence still runs once.
+async fn occurrence_rows_are_retained_briefly(backend: Backend) {
+    let (b, db) = builder(backend).await;
+    let app = b
+        .set("jobs.retain", "1s")
+        .toml(&scheduled_task("tick", "latest"))
+        .start()
+        .await;
+    // Jobs are deleted after 1 s too, so count what was enqueued from the log.
+    let deadline = Instant::now() + secs(20);
+    while app
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| l.text.contains("scheduled job queued"))
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < deadline, "4 occurrences: {}", app.dump());
+        tokio::time::sleep(millis(100)).await;
+    }
+    let url = match &db {
+        Some(db) => db.url.clone(),
+        None => format!(
+            "sqlite://{}/shiftd-data/shiftd.db",
+            app.workdir().path().display()
+        ),
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let rows: Vec<(i64,)> = sqlx::query_as("SELECT occurrence FROM schedule_occurrences")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(
+        !rows.is_empty() && rows.len() <= 2,
+        "only the newest occurrence rows are kept: {rows:?}"
+    );
+    let times: Vec<i64> = app
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| l.text.contains("scheduled job queued"))
+        .map(|l| {
+            let at = l
+                .text
+                .split("occurrence=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            chrono::DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect();
+    let mut sorted = times.clone();
+    sorted.dedup();
+    assert_eq!(sorted, times, "each occurrence once, in order");
+    assert_no_gaps(&times, 2000, "with a short retention");
+    app.sigterm();
+    assert_eq!(app.wait_exit(secs(15)).await, 0, "{}", app.dump());
+}
+
 macro_rules! both_backends {
     ($($name:ident $(($($arg:expr),*))?),* $(,)?) => {
         mod sqlite {
@@ -576,6 +643,7 @@ both_backends!(
     catch_up_none_after_sigkill,
     catch_up_none_after_sigterm,
     reload_changes_the_schedule,
+    occurrence_rows_are_retained_briefly,
 );
 
 /// Two processes on one PostgreSQL database with the same schedule: every occurrence is
