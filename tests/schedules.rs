@@ -605,6 +605,92 @@ async fn occurrence_rows_are_retained_briefly(backend: Backend) {
     assert_eq!(app.wait_exit(secs(15)).await, 0, "{}", app.dump());
 }
 
+/// A process this test did not spawn (the hand-over's new process, init's child after the
+/// double fork): killed at the end of the test whatever happens.
+struct Successor {
+    pid: i32,
+}
+
+impl Successor {
+    fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal)
+            .unwrap_or_else(|e| panic!("kill({}, {signal}): {e}", self.pid));
+    }
+
+    /// Waits for the process to exit, on its pidfd (an event, not a poll).
+    async fn wait_gone(&self, timeout: Duration) {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: pidfd_open returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            return; // already gone
+        }
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let fd = tokio::io::unix::AsyncFd::new(fd).expect("register the pidfd");
+        let waited = tokio::time::timeout(timeout, fd.readable()).await;
+        assert!(
+            waited.is_ok(),
+            "process {} did not exit within {timeout:?}",
+            self.pid
+        );
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+}
+
+/// A hand-over (`shiftd reload`, as `systemctl reload` and package upgrades run it) in the
+/// middle of a schedule: the occurrences go on with no gap and none twice, the new process
+/// enqueueing them once the old one stopped its scheduler.
+async fn schedule_goes_on_across_a_hand_over(backend: Backend) {
+    let (b, _db) = builder(backend).await;
+    let app = b.toml(&scheduled_task("tick", "latest")).start().await;
+    wait_jobs(app.addr, "tick", "2 jobs", secs(20), |jobs| jobs.len() >= 2).await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["reload", "--timeout", "30s"])
+        .current_dir(app.workdir().path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .expect("run shiftd reload");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "shiftd reload: {out:?}\n{}",
+        app.dump()
+    );
+    let handed = app
+        .notify
+        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
+        .await;
+    let successor = Successor {
+        pid: handed
+            .value("MAINPID")
+            .and_then(|v| v.parse().ok())
+            .expect("MAINPID=<pid>"),
+    };
+    // The old process has nothing running: it exits once it handed over.
+    assert_eq!(app.wait_exit(secs(15)).await, 0, "{}", app.dump());
+    let handed_at = now_ms();
+    let jobs = wait_jobs(
+        app.addr,
+        "tick",
+        "2 occurrences after the hand-over",
+        secs(20),
+        |jobs| jobs.iter().filter(|j| ms(&j["run_at"]) > handed_at).count() >= 2,
+    )
+    .await;
+    let times = assert_once_each(&jobs, 2000, "across the hand-over");
+    assert_no_gaps(&times, 2000, "across the hand-over");
+    successor.signal(Signal::SIGTERM);
+    successor.wait_gone(secs(15)).await;
+}
+
 macro_rules! both_backends {
     ($($name:ident $(($($arg:expr),*))?),* $(,)?) => {
         mod sqlite {
@@ -644,6 +730,7 @@ both_backends!(
     catch_up_none_after_sigterm,
     reload_changes_the_schedule,
     occurrence_rows_are_retained_briefly,
+    schedule_goes_on_across_a_hand_over,
 );
 
 /// Two processes on one PostgreSQL database with the same schedule: every occurrence is
