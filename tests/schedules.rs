@@ -627,7 +627,8 @@ impl Successor {
         }
         // SAFETY: a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let fd = tokio::io::unix::AsyncFd::new(fd).expect("register the pidfd");
+        // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.expect("register the pidfd");
         let waited = tokio::time::timeout(timeout, fd.readable()).await;
         assert!(
             waited.is_ok(),
