@@ -32,14 +32,21 @@ pub fn parse_cron(expr: &str) -> Result<Cron, String> {
             "`{expr}` has {fields} fields; write five (minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\") or six with a leading seconds field"
         ));
     }
-    CronParser::builder()
+    let cron = CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build()
         .parse(expr)
         .map_err(|e| {
             format!("`{expr}` is not a cron expression: {e}; e.g. \"0 3 * * *\" is 03:00 every day")
-        })
+        })?;
+    // A date that never comes ("0 0 30 2 *") would make every look search for years.
+    if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+        return Err(format!(
+            "`{expr}` never occurs (no such date); check the day-of-month and month fields"
+        ));
+    }
+    Ok(cron)
 }
 
 /// Parses an IANA time zone name such as "Europe/Berlin" or "UTC".
@@ -134,6 +141,10 @@ mod tests {
             .unwrap_err()
             .contains("not a cron expression"));
         assert!(parse_cron("every day").is_err());
+        assert!(parse_cron("0 0 30 2 *")
+            .unwrap_err()
+            .contains("never occurs"));
+        assert!(parse_cron("0 0 29 2 *").is_ok(), "leap days come");
         assert!(parse_timezone("Europe/Berlin").is_ok());
         assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("IANA"));
     }
