@@ -152,6 +152,7 @@ async fn enqueue(store: &Store, args: &Args, bulk: bool) -> anyhow::Result<u64> 
                         .map(|_| NewJob {
                             params: params.clone(),
                             idempotency_key: None,
+                            run_after: None,
                         })
                         .collect();
                     store

@@ -333,6 +333,26 @@ pub struct TaskConfig {
     pub kill_grace: Duration,
     /// Output kept per attempt; unset: `jobs.max_output`.
     pub max_output: Option<ByteSize>,
+
+    // Schedules.
+    /// Cron expression: five fields (minute hour day-of-month month day-of-week), or six
+    /// with a leading seconds field. Each occurrence enqueues one job (no parameters).
+    pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in, e.g. "Europe/Berlin".
+    pub timezone: String,
+    /// After downtime: run the latest missed occurrence once, or none.
+    pub catch_up: CatchUp,
+}
+
+/// What a schedule does with occurrences that passed while no shiftd ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// The latest missed occurrence runs once; older ones are skipped.
+    #[default]
+    Latest,
+    /// Missed occurrences are skipped.
+    None,
 }
 
 impl Default for TaskConfig {
@@ -349,6 +369,10 @@ impl Default for TaskConfig {
             on_shutdown: OnShutdown::Finish,
             kill_grace: Duration::from_secs(5),
             max_output: None,
+
+            schedule: None,
+            timezone: "UTC".into(),
+            catch_up: CatchUp::Latest,
         }
     }
 }
@@ -705,6 +729,25 @@ impl TaskConfig {
             return Err(ConfigError::new(
                 key("max_output"),
                 "must be at least 1 byte, e.g. \"1MiB\"",
+            ));
+        }
+        self.validate_schedule(name)?;
+        Ok(())
+    }
+
+    fn validate_schedule(&self, name: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("tasks.{name}.{k}");
+        crate::jobs::schedule::parse_timezone(&self.timezone)
+            .map_err(|m| ConfigError::new(key("timezone"), m))?;
+        let Some(expr) = &self.schedule else {
+            return Ok(());
+        };
+        crate::jobs::schedule::parse_cron(expr)
+            .map_err(|m| ConfigError::new(key("schedule"), m))?;
+        if let Some(param) = self.command.iter().find_map(|a| placeholder(a)) {
+            return Err(ConfigError::new(
+                key("schedule"),
+                format!("a scheduled job runs without parameters, but `command` uses `{{{param}}}`; define a separate task without parameters for the schedule"),
             ));
         }
         Ok(())

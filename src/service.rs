@@ -200,6 +200,12 @@ pub fn app_state(
             on_attempt,
         )?
     };
+    let scheduler = crate::jobs::Scheduler::start(
+        store.clone(),
+        runner.clone(),
+        crate::jobs::SchedulerSettings::from_config(&config, &tasks),
+        lifecycle.stopping(),
+    );
     Ok(AppState::new(AppStateInner {
         lifecycle,
         live: Arc::new(LiveSettings {
@@ -208,7 +214,11 @@ pub fn app_state(
         }),
         tasks: Swap::new(tasks),
         auth: Swap::new(auth),
-        jobs: JobsState { store, runner },
+        jobs: JobsState {
+            store,
+            runner,
+            scheduler,
+        },
         metrics,
         config: Swap::new(config),
         db,
@@ -303,7 +313,11 @@ impl Shiftd {
         self.state
             .jobs
             .runner
-            .reconfigure(RunnerSettings::from_config(&new, tasks));
+            .reconfigure(RunnerSettings::from_config(&new, tasks.clone()));
+        self.state
+            .jobs
+            .scheduler
+            .reconfigure(crate::jobs::SchedulerSettings::from_config(&new, &tasks));
         let settings = lifecycle_settings(&new);
         self.state.config.set(new);
         Ok(settings)

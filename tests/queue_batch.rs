@@ -48,6 +48,7 @@ fn new_jobs(n: usize) -> Vec<NewJob> {
         .map(|i| NewJob {
             params: json!({ "i": i.to_string() }),
             idempotency_key: None,
+            run_after: None,
         })
         .collect()
 }
@@ -169,6 +170,7 @@ async fn enqueue_batch_is_all_or_nothing(backend: Backend) {
     let keyed = |k: &str, v: &str| NewJob {
         params: json!({ "v": v }),
         idempotency_key: Some(k.into()),
+        run_after: None,
     };
     let first = store
         .enqueue_batch("t", &[keyed("k1", "x"), keyed("k2", "y")], 1, Some("tok"))

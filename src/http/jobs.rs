@@ -29,6 +29,12 @@ const LOG_PAGE_LINES: i64 = 1000;
 /// Largest `limit` of a log page.
 const MAX_LOG_LIMIT: i64 = 10_000;
 
+/// Latest accepted delayed start, from now (`run_at` or `delay`).
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A `run_at` at most this far in the past means "now" (clocks of clients differ); one
+/// further in the past is refused.
+pub const PAST_TOLERANCE: Duration = Duration::from_secs(60);
+
 /// The body of a start request.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +43,15 @@ pub struct CreateJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Start no earlier than this time (RFC 3339 with any offset, e.g.
+    /// "2026-11-22T03:00:00+01:00"): the job is `scheduled` until then. At most a year
+    /// ahead; up to 60 s in the past means now; further in the past is refused (422).
+    /// Not together with `delay`.
+    #[schema(format = DateTime)]
+    pub run_at: Option<String>,
+    /// Start after this long, e.g. "10m", "2h 30m" (at most a year). Not together with
+    /// `run_at`.
+    pub delay: Option<String>,
 }
 
 /// One job of a batch: its parameters and, optionally, its idempotency key.
@@ -52,6 +67,11 @@ pub struct BatchJob {
     /// parameters is refused, 409). 1 to 200 visible ASCII characters; keys are per token.
     #[schema(pattern = "^[!-~]{1,200}$", min_length = 1, max_length = 200)]
     pub idempotency_key: Option<String>,
+    /// As `run_at` of a single start.
+    #[schema(format = DateTime)]
+    pub run_at: Option<String>,
+    /// As `delay` of a single start.
+    pub delay: Option<String>,
 }
 
 /// The body of a batch start.
@@ -103,6 +123,13 @@ pub struct TaskView {
     pub on_shutdown: String,
     /// Paused on every node (`POST /v1/tasks/{task}/pause`): its queued jobs wait.
     pub paused: bool,
+    /// The cron expression jobs of this task are enqueued by, if any.
+    pub schedule: Option<String>,
+    /// The IANA time zone the schedule is read in.
+    pub timezone: String,
+    /// The next occurrence of the schedule (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    pub next_run_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -136,6 +163,56 @@ pub struct LogQuery {
     /// the stream ends after this many lines (or when the job ends).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     pub limit: Option<String>,
+}
+
+/// The delayed start of a job from its `run_at` or `delay` (ms since the epoch), or `None`
+/// to start now. `at` names the job in the message ("" or "jobs[3]: ").
+fn start_time(
+    run_at: Option<&str>,
+    delay: Option<&str>,
+    at: &str,
+) -> Result<Option<i64>, ApiError> {
+    let now = crate::jobs::store::now_ms();
+    let max = MAX_DELAY.as_millis() as i64;
+    match (run_at, delay) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ApiError::Unprocessable(format!(
+            "{at}give either `run_at` or `delay`, not both"
+        ))),
+        (Some(raw), None) => {
+            let t = chrono::DateTime::parse_from_rfc3339(raw)
+                .map_err(|e| {
+                    ApiError::Unprocessable(format!(
+                        "{at}`run_at` `{raw}` is not an RFC 3339 time ({e}); write e.g. \"2026-11-22T03:00:00Z\" or use `delay`"
+                    ))
+                })?
+                .timestamp_millis();
+            if t < now - PAST_TOLERANCE.as_millis() as i64 {
+                return Err(ApiError::Unprocessable(format!(
+                    "{at}`run_at` `{raw}` is in the past; omit it to start now, or give a future time"
+                )));
+            }
+            if t > now + max {
+                return Err(ApiError::Unprocessable(format!(
+                    "{at}`run_at` `{raw}` is more than a year ahead; the latest accepted start is a year from now"
+                )));
+            }
+            Ok(Some(t))
+        }
+        (None, Some(raw)) => {
+            let d = humantime::parse_duration(raw).map_err(|e| {
+                ApiError::Unprocessable(format!(
+                    "{at}`delay` `{raw}` is not a duration ({e}); write e.g. \"10m\" or \"2h 30m\""
+                ))
+            })?;
+            if d > MAX_DELAY {
+                return Err(ApiError::Unprocessable(format!(
+                    "{at}`delay` `{raw}` is longer than a year; the longest accepted delay is \"365days\""
+                )));
+            }
+            Ok(Some(now + d.as_millis() as i64))
+        }
+    }
 }
 
 fn parse_id(raw: &str) -> Result<i64, ApiError> {
@@ -175,6 +252,11 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
 }
 
 /// Start a job of a task.
+///
+/// Now, or later: `run_at` (RFC 3339) or `delay` ("10m") makes the job `scheduled` until
+/// that time; it then starts within about `jobs.poll_interval`. A `run_at` up to 60 s in
+/// the past means now; further in the past, more than a year ahead, unparsable, or both
+/// fields given: 422 naming the field.
 #[utoipa::path(
     post,
     path = "/v1/tasks/{task}/jobs",
@@ -185,7 +267,7 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
     ),
     request_body(content = CreateJob, description = "Parameters (the body may be empty)"),
     responses(
-        (status = 202, description = "Queued", body = Job),
+        (status = 202, description = "Queued (state `queued`), or `scheduled` until its `run_at`", body = Job),
         (status = 200, description = "The job made earlier with this Idempotency-Key", body = Job),
         (status = 400, description = "Malformed body or header", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -193,7 +275,7 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used with other parameters", body = ErrorBody),
-        (status = 422, description = "Parameters refused", body = ErrorBody),
+        (status = 422, description = "Parameters refused, or `run_at`/`delay` refused (unparsable, both given, more than 60 s in the past, more than a year ahead)", body = ErrorBody),
         (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
     ),
     security((), ("bearer" = []))
@@ -208,6 +290,8 @@ pub async fn create_job(
     let request: CreateJob = if body.iter().all(u8::is_ascii_whitespace) {
         CreateJob {
             params: serde_json::Map::new(),
+            run_at: None,
+            delay: None,
         }
     } else {
         serde_json::from_slice(&body).map_err(|e| {
@@ -226,15 +310,17 @@ pub async fn create_job(
         .check_params(&request.params)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
+    let run_after = start_time(request.run_at.as_deref(), request.delay.as_deref(), "")?;
     let (job, created) = state
         .jobs
         .store
-        .enqueue(
+        .enqueue_at(
             &task_name,
             &params,
             i64::from(task.config.max_attempts),
             key,
             caller.name.as_deref(),
+            run_after,
         )
         .await?;
     if !created && job.params != params {
@@ -246,7 +332,7 @@ pub async fn create_job(
     }
     if created {
         state.jobs.runner.wake();
-        tracing::info!(job = job.id, task = %task_name, token = caller.name.as_deref().unwrap_or("-"), "job queued");
+        tracing::info!(job = job.id, task = %task_name, token = caller.name.as_deref().unwrap_or("-"), state = job.state.as_str(), "job queued");
     }
     let status = if created {
         StatusCode::ACCEPTED
@@ -349,6 +435,17 @@ pub async fn create_jobs_batch(
         let params = task
             .check_params(&job.params)
             .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
+        let run_after = start_time(
+            job.run_at.as_deref(),
+            job.delay.as_deref(),
+            &format!("jobs[{i}]: "),
+        )
+        .map_err(|e| match e {
+            ApiError::Unprocessable(m) => {
+                ApiError::Unprocessable(format!("{m}; nothing was queued"))
+            }
+            e => e,
+        })?;
         let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
         if let Some(key) = job.idempotency_key.as_deref() {
             if let Some(&(first, slot)) = seen.get(key) {
@@ -367,6 +464,7 @@ pub async fn create_jobs_batch(
         jobs.push(NewJob {
             params,
             idempotency_key: job.idempotency_key.clone(),
+            run_after,
         });
     }
     let done = state
@@ -731,6 +829,7 @@ pub async fn list_tasks(
     let tasks = state.tasks();
     let store = &state.jobs.store;
     let paused = read(|| store.paused()).await?;
+    let now = crate::jobs::store::now_ms();
     Ok(Json(
         tasks
             .values()
@@ -745,6 +844,13 @@ pub async fn list_tasks(
                 max_attempts: t.config.max_attempts,
                 on_shutdown: format!("{:?}", t.config.on_shutdown).to_lowercase(),
                 paused: paused.contains_key(&t.name),
+                schedule: t.config.schedule.clone(),
+                timezone: t.config.timezone.clone(),
+                next_run_at: crate::jobs::schedule::Schedule::of(&t.config)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.next_after(now))
+                    .map(crate::jobs::schedule::rfc3339_ms),
             })
             .collect(),
     ))

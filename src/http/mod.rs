@@ -39,6 +39,8 @@ pub use middleware::LiveSettings;
 pub struct JobsState {
     pub store: Store,
     pub runner: Runner,
+    /// Enqueues the occurrences of the tasks' schedules.
+    pub scheduler: crate::jobs::Scheduler,
 }
 
 /// A value a reload replaces; readers take a cheap `Arc` of the current one.

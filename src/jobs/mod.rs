@@ -6,11 +6,14 @@
 pub mod finisher;
 pub mod output;
 pub mod runner;
+pub mod schedule;
+pub mod scheduler;
 pub mod shim;
 pub mod spawn;
 pub mod store;
 pub mod task;
 
 pub use runner::{QueueView, Runner, RunnerSettings, RunningJob};
+pub use scheduler::{Scheduler, SchedulerSettings};
 pub use store::{Job, JobPage, JobState, ListFilter, OutputLine, Store};
 pub use task::{ParamError, Task};

@@ -13,6 +13,9 @@ use sqlx::{AnyPool, Row};
 use crate::config::Backend;
 use crate::dbfault::{classify, DbFault, StorageHealth};
 
+mod schedules;
+pub use schedules::OccurrenceOutcome;
+
 /// Where a job is in its life. Final: succeeded, failed, cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -22,15 +25,18 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Waiting for its `run_at` (a delayed start); then claimed like a queued job.
+    Scheduled,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Queued,
         JobState::Running,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
+        JobState::Scheduled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +46,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Scheduled => "scheduled",
         }
     }
 
@@ -85,7 +92,10 @@ pub struct Job {
     pub cancel_requested: bool,
     #[serde(skip)]
     pub lease_owner: Option<String>,
-    #[serde(skip)]
+    /// When it may run: its `run_at` (a delayed start), its schedule's occurrence, the end
+    /// of a retry's back-off, or when it was queued.
+    #[serde(rename = "run_at", serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub run_after: i64,
 }
 
@@ -192,6 +202,8 @@ impl FinishItem {
 pub struct NewJob {
     pub params: serde_json::Value,
     pub idempotency_key: Option<String>,
+    /// A delayed start (ms): the job is `scheduled` until then. `None`: queued now.
+    pub run_after: Option<i64>,
 }
 
 /// What [`Store::enqueue_batch`] did for one job: its id, and for a job that existed
@@ -230,6 +242,15 @@ pub struct ListFilter {
     pub state: Option<JobState>,
     pub before_id: Option<i64>,
     pub limit: i64,
+}
+
+/// The state and `run_after` of a new job: `scheduled` until a `run_after` in the future,
+/// else queued now.
+fn initial_state(now: i64, run_after: Option<i64>) -> (JobState, i64) {
+    match run_after {
+        Some(at) if at > now => (JobState::Scheduled, at),
+        _ => (JobState::Queued, now),
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -280,7 +301,30 @@ impl Store {
         idempotency_key: Option<&str>,
         token_name: Option<&str>,
     ) -> Result<(Job, bool), sqlx::Error> {
+        self.enqueue_at(
+            task,
+            params,
+            max_attempts,
+            idempotency_key,
+            token_name,
+            None,
+        )
+        .await
+    }
+
+    /// [`Store::enqueue`] with a delayed start: a `run_after` (ms) in the future makes the
+    /// job `scheduled` until then; `None` or a time not in the future queues it now.
+    pub async fn enqueue_at(
+        &self,
+        task: &str,
+        params: &serde_json::Value,
+        max_attempts: i64,
+        idempotency_key: Option<&str>,
+        token_name: Option<&str>,
+        run_after: Option<i64>,
+    ) -> Result<(Job, bool), sqlx::Error> {
         let now = now_ms();
+        let (state, run_after) = initial_state(now, run_after);
         if let Some(key) = idempotency_key {
             if let Some(existing) = self.by_idempotency_key(task, token_name, key).await? {
                 if existing.created_at >= now - IDEMPOTENCY_WINDOW.as_millis() as i64 {
@@ -295,7 +339,7 @@ impl Store {
         }
         let sql = format!(
             "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) \
-             VALUES ($1, $2, 'queued', 0, $3, $4, $5, $6, $6, $6, 0) RETURNING {JOB_COLUMNS}"
+             VALUES ($1, $2, $7, 0, $3, $4, $5, $6, $6, $8, 0) RETURNING {JOB_COLUMNS}"
         );
         // fetch_all: the row is returned only once the insert has committed (SQLite
         // reports a failed commit, such as a full disk, only at the statement's end).
@@ -306,6 +350,8 @@ impl Store {
             .bind(idempotency_key.map(str::to_string))
             .bind(token_name.map(str::to_string))
             .bind(now)
+            .bind(state.as_str())
+            .bind(run_after)
             .fetch_all(&self.pool)
             .await;
         let inserted = self.observe(inserted, true);
@@ -424,16 +470,18 @@ impl Store {
         if new.is_empty() {
             return Ok(Ok(out.into_iter().flatten().collect()));
         }
-        // Shared binds first, then params and key of each new job.
+        // Shared binds first, then params, key, state and run_after of each new job.
         let mut sql = String::from(
             "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) VALUES ",
         );
         let values: Vec<String> = (0..new.len())
             .map(|n| {
                 format!(
-                    "($1, ${}, 'queued', 0, $2, ${}, $3, $4, $4, $4, 0)",
-                    5 + 2 * n,
-                    6 + 2 * n
+                    "($1, ${}, ${}, 0, $2, ${}, $3, $4, $4, ${}, 0)",
+                    5 + 4 * n,
+                    7 + 4 * n,
+                    6 + 4 * n,
+                    8 + 4 * n
                 )
             })
             .collect();
@@ -445,9 +493,12 @@ impl Store {
             .bind(token_name.map(str::to_string))
             .bind(now);
         for i in &new {
+            let (state, run_after) = initial_state(now, jobs[*i].run_after);
             query = query
                 .bind(jobs[*i].params.to_string())
-                .bind(jobs[*i].idempotency_key.clone());
+                .bind(jobs[*i].idempotency_key.clone())
+                .bind(state.as_str())
+                .bind(run_after);
         }
         // fetch_all: the ids are used only once the insert has committed (write-commit rule).
         let inserted = if expired.is_empty() {
@@ -584,7 +635,7 @@ impl Store {
     /// Returns the job after the change, or None if there is no such job.
     pub async fn cancel(&self, id: i64) -> Result<Option<Job>, sqlx::Error> {
         let now = self.now();
-        let cancelled = sqlx::query(&format!("UPDATE jobs SET state = 'cancelled', finished_at = {now}, updated_at = {now}, error = 'cancelled before it ran' WHERE id = $1 AND state = 'queued'"))
+        let cancelled = sqlx::query(&format!("UPDATE jobs SET state = 'cancelled', finished_at = {now}, updated_at = {now}, error = 'cancelled before it ran' WHERE id = $1 AND state IN ('queued', 'scheduled')"))
             .bind(id)
             .execute(&self.pool)
             .await;
@@ -673,9 +724,12 @@ impl Store {
             // One statement is one short write transaction: SQLite serialises writers.
             Backend::Sqlite => "",
         };
+        // `state IN (…)` is the predicate of the partial index `jobs_runnable` word for word
+        // (migration 0006), so the planner can use it; a scheduled job whose time has come
+        // is claimed like a queued one.
         let runnable = format!(
-            "state IN ('queued', 'running') AND \
-             ((state = 'queued' AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) AND \
+            "state IN ('queued', 'scheduled', 'running') AND \
+             ((state IN ('queued', 'scheduled') AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) AND \
              task NOT IN (SELECT task FROM paused_tasks)"
         );
         let pick = if tasks.iter().all(|(_, cap)| *cap >= limit) {
