@@ -922,7 +922,13 @@ async fn task_command(conn: &Conn, action: TaskAction) -> Result<u8, Failure> {
                     vec![
                         field(t, "name"),
                         paused.into(),
-                        field(t, "schedule"),
+                        // The zone the expression is read in, unless it is UTC.
+                        match t.get("timezone").and_then(Value::as_str) {
+                            Some(tz) if tz != "UTC" && t["schedule"].is_string() => {
+                                format!("{} ({tz})", field(t, "schedule"))
+                            }
+                            _ => field(t, "schedule"),
+                        },
                         field(t, "next_run_at"),
                         field(t, "concurrency"),
                         format!("{}s", field(t, "timeout_seconds")),
