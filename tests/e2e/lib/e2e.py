@@ -390,6 +390,93 @@ def structured_fields(args):
     fail("no journal entry of shiftd has a REQUEST_ID field")
 
 
+# ---------------------------------------------------------------- schedules and notices
+
+def run_receiver(port, key_file, out):
+    """A notice receiver on 127.0.0.1:port (the container shares the host's network):
+    appends one JSON line per POST to `out` with the notice's id, event, job and whether
+    its HMAC signature verified; answers 200. Runs until killed."""
+    import hashlib
+    import hmac
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    key = Path(key_file).read_bytes().rstrip()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            ts = self.headers.get("shiftd-timestamp", "")
+            expected = "v1=" + hmac.new(key, f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+            signed = hmac.compare_digest(expected, self.headers.get("shiftd-signature", ""))
+            try:
+                notice = json.loads(body)
+            except ValueError:
+                notice = {}
+            record = {k: notice.get(k) for k in ("id", "event", "job_id", "task", "attempt", "state")}
+            record["signature_ok"] = signed
+            record["header_id"] = self.headers.get("shiftd-notice-id")
+            with lock, open(out, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def all_jobs(task):
+    jobs = []
+    for state in ("queued", "scheduled", "running", "succeeded", "failed", "cancelled"):
+        jobs.extend(list_jobs(state, task))
+    return jobs
+
+
+def schedule_check(task, every_ms):
+    """The jobs a schedule enqueued: one per occurrence (no run_at twice) and no gap
+    between the first and the last occurrence."""
+    jobs = all_jobs(task)
+    times = sorted(timespan_rfc3339_ms(j["run_at"]) for j in jobs)
+    duplicates = len(times) - len(set(times))
+    gaps = [b - a for a, b in zip(times, times[1:]) if b - a != every_ms]
+    return {"jobs": len(jobs), "duplicates": duplicates, "gaps_ms": gaps,
+            "first": times[0] if times else None, "last": times[-1] if times else None}
+
+
+def timespan_rfc3339_ms(text):
+    from datetime import datetime
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def notices_check(out, tasks, timeout):
+    """Waits until every final job of `tasks` has a notice of its final event; returns the
+    counts (notices per job and final event, distinct ids, bad signatures)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        final = [j for t in tasks for s in sorted(FINAL) for j in list_jobs(s, t)]
+        seen = {}
+        records = []
+        if Path(out).exists():
+            records = [json.loads(line) for line in Path(out).read_text().splitlines() if line.strip()]
+        for r in records:
+            seen.setdefault((r["job_id"], r["event"]), set()).add(r["id"])
+        missing = [j["id"] for j in final if (j["id"], "job." + j["state"]) not in seen]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return {
+        "final_jobs": len(final),
+        "missing": missing,
+        "notices": len(records),
+        "ids_per_event_max": max((len(v) for v in seen.values()), default=0),
+        "bad_signatures": sum(1 for r in records if not r["signature_ok"]),
+        "header_mismatch": sum(1 for r in records if r["header_id"] != r["id"]),
+    }
+
+
 # ---------------------------------------------------------------- main
 
 def main():
@@ -443,9 +530,26 @@ def main():
     s.add_argument("work")
     s = sub.add_parser("structured-fields", help="find a REQUEST_ID field in journal JSON")
     s.add_argument("journal")
+    s = sub.add_parser("receiver", help="receive notices into a JSON-lines file")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--key-file", required=True)
+    s.add_argument("--out", required=True)
+    s = sub.add_parser("schedule-check", help="one job per occurrence, no gap")
+    s.add_argument("task")
+    s.add_argument("--every-ms", type=int, required=True)
+    s = sub.add_parser("notices-check", help="every final job has its notice")
+    s.add_argument("out")
+    s.add_argument("--tasks", required=True)
+    s.add_argument("--timeout", type=float, default=60)
     args = p.parse_args()
 
-    if args.cmd == "submit":
+    if args.cmd == "receiver":
+        run_receiver(args.port, args.key_file, args.out)
+    elif args.cmd == "schedule-check":
+        print(json.dumps(schedule_check(args.task, args.every_ms)))
+    elif args.cmd == "notices-check":
+        print(json.dumps(notices_check(args.out, args.tasks.split(","), args.timeout)))
+    elif args.cmd == "submit":
         print(submit(args.task, json.loads(args.params)))
     elif args.cmd == "job":
         job = get_job(args.id)

@@ -72,19 +72,24 @@ build_deb() {
   export E2E_DEB
 }
 
-# Sets E2E_DEB_NEXT to the same package with a higher version, for the upgrade scenario.
-# It is repacked rather than rebuilt: same payload and maintainer scripts, so the upgrade
-# tests the upgrade path itself and costs seconds, also for a prebuilt $E2E_DEB.
-build_next_deb() {
-  local dir="$E2E_WORK/next" version next
+# repack_deb SUFFIX: prints the path of $E2E_DEB repacked as version <version>+SUFFIX.
+# Repacked rather than rebuilt: same payload and maintainer scripts, so an upgrade tests
+# the upgrade path itself and costs seconds, also for a prebuilt $E2E_DEB.
+repack_deb() {
+  local suffix=$1 dir="$E2E_WORK/next-$1" version next
   version=$(dpkg-deb -f "$E2E_DEB" Version)
-  next="${version}+e2e1"
+  next="${version}+$suffix"
   rm -rf "$dir"; mkdir -p "$dir"
   dpkg-deb -R "$E2E_DEB" "$dir/pkg"
   sed -i "s/^Version: .*/Version: $next/" "$dir/pkg/DEBIAN/control"
   dpkg-deb --root-owner-group -Zxz -b "$dir/pkg" "$dir/shiftd_${next}.deb" >/dev/null
   dpkg --compare-versions "$next" gt "$version" || die "repacked version $next is not above $version"
-  E2E_DEB_NEXT="$dir/shiftd_${next}.deb"
+  echo "$dir/shiftd_${next}.deb"
+}
+
+# Sets E2E_DEB_NEXT to the same package with a higher version, for the upgrade scenario.
+build_next_deb() {
+  E2E_DEB_NEXT=$(repack_deb e2e1)
   export E2E_DEB_NEXT
   log "upgrade package: $E2E_DEB_NEXT"
 }
