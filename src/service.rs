@@ -114,12 +114,19 @@ async fn start(
         )
         .await?
         .expect("required");
-    life.step(
-        "migrate",
-        Step::Required,
-        "check the database log",
-        db.migrate(),
-    )
+    // The tasks whose jobs get notices are recorded with the schema, before any job can
+    // change state here.
+    let notice_settings =
+        crate::notices::NoticeSettings::from_config(&config).map_err(|e| StartupError::Failed {
+            step: "notices",
+            message: e.to_string(),
+        })?;
+    life.step("migrate", Step::Required, "check the database log", async {
+        db.migrate().await.map_err(|e| e.to_string())?;
+        crate::notices::sync_tasks(&Store::new(&db), &notice_settings)
+            .await
+            .map_err(|e| format!("cannot record which tasks have a notify_url: {e}"))
+    })
     .await?;
     life.step(
         "warm-up",
@@ -151,10 +158,23 @@ async fn start(
         })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
+    // Notices end as the stop begins: a POST in flight is abandoned, its notice stays in
+    // the outbox for the next process.
+    let notices_stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stopping = life.handle().stopping();
+        let token = notices_stop.clone();
+        tokio::spawn(async move {
+            stopping.await;
+            token.cancel();
+        });
+    }
+    let notices = crate::notices::Deliverer::start(Store::new(&db), notice_settings, notices_stop);
     let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,
         log,
+        notices,
     });
     Ok((listener, router, app))
 }
@@ -253,6 +273,7 @@ struct Shiftd {
     state: AppState,
     config_path: Option<PathBuf>,
     log: Option<LogControl>,
+    notices: crate::notices::Deliverer,
 }
 
 impl Shiftd {
@@ -277,6 +298,7 @@ impl Shiftd {
         // leaves the previous configuration whole.
         let auth = Auth::from_config(&new.auth)?;
         let tasks = Task::all(&new.tasks)?;
+        let notice_settings = crate::notices::NoticeSettings::from_config(&new)?;
         if let Some(log) = &self.log {
             log.set_level(&new.log.level).map_err(|m| ConfigError {
                 key: "log.level".into(),
@@ -301,6 +323,7 @@ impl Shiftd {
             .jobs
             .runner
             .reconfigure(RunnerSettings::from_config(&new, tasks));
+        self.notices.reconfigure(notice_settings);
         let settings = lifecycle_settings(&new);
         self.state.config.set(new);
         Ok(settings)

@@ -866,6 +866,54 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// As [`Store::requeue`], for an attempt the service's stop interrupted: in the same
+    /// transaction, a `job.interrupted` notice when the job's task has a `notify_url`
+    /// (`notice_tasks`). A job claimed ahead and never started goes back with
+    /// [`Store::requeue`]: nothing was interrupted.
+    pub async fn requeue_interrupted(
+        &self,
+        id: i64,
+        lease_owner: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let now = self.now();
+        let random_id = match self.backend {
+            Backend::Sqlite => "lower(hex(randomblob(16)))",
+            Backend::Postgres => {
+                "md5(random()::text || clock_timestamp()::text || jobs.id::text || pg_backend_pid()::text)"
+            }
+        };
+        let done = async {
+            let mut tx = self.pool.begin().await?;
+            let requeued = sqlx::query(&format!(
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_after = {now}, updated_at = {now}, lease_owner = NULL, \
+                 lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+            ))
+            .bind(id)
+            .bind(lease_owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if requeued {
+                sqlx::query(&format!(
+                    "INSERT INTO notices (id, event, reason, job_id, task, attempt, max_attempts, state, exit_code, exit_signal, \
+                     error, job_created_at, started_at, finished_at, created_at, next_at) \
+                     SELECT {random_id}, 'job.interrupted', 'stop', id, task, attempts + 1, max_attempts, state, NULL, NULL, \
+                     'the service stopped while the attempt ran; it was stopped and requeued, and runs again (the attempt does not count)', \
+                     created_at, started_at, NULL, {now}, {now} FROM jobs \
+                     WHERE id = $1 AND EXISTS (SELECT 1 FROM notice_tasks WHERE notice_tasks.task = jobs.task)"
+                ))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(requeued)
+        }
+        .await;
+        self.observe(done, true)
+    }
+
     /// Writes this node's row: alive now, serving `tasks`. Also the probe that tells a
     /// process its storage took a write again after a fault.
     pub async fn heartbeat(&self, node: &str, tasks: &[String]) -> Result<(), sqlx::Error> {
