@@ -379,6 +379,21 @@ impl App for Shiftd {
                 .await
                 .map_err(|e| format!("reading the configuration failed: {e}"))?;
             let new = loaded.map_err(|e| e.to_string())?;
+            // Tasks that gain a notify_url get notices from the first state change after
+            // the reload: recorded before the new configuration applies.
+            let notices =
+                crate::notices::NoticeSettings::from_config(&new).map_err(|e| e.to_string())?;
+            let limit = new.startup.step_timeout;
+            match tokio::time::timeout(
+                limit,
+                crate::notices::sync_tasks(&self.state.jobs.store, &notices),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("cannot record which tasks have a notify_url ({e}); the reload was refused, try again once the database answers")),
+                Err(_) => return Err(format!("recording which tasks have a notify_url took longer than startup.step_timeout ({}); the reload was refused, try again once the database answers", crate::config::fmt_duration(limit))),
+            }
             self.apply(new).map_err(|e| e.to_string())
         }
         .boxed()

@@ -320,7 +320,7 @@ async fn notices_across_sigkill(backend: Backend) {
         .set("notices.timeout", "1s")
         .toml(&task(
             "fragile",
-            "if [ -e first-done ]; then exit 0; fi; touch first-done; while [ ! -e release ]; do sleep 0.1; done",
+            "if [ -e first-done ]; then exit 0; fi; touch first-done; i=0; while [ ! -e release ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
             &url,
             None,
             "",
@@ -392,7 +392,7 @@ async fn notices_across_graceful_restart(backend: Backend) {
         ))
         .toml(&task(
             "finishing",
-            "touch finishing-started; while [ ! -e finish-now ]; do sleep 0.05; done",
+            "touch finishing-started; i=0; while [ ! -e finish-now ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
             &url,
             None,
             "on_shutdown = \"finish\"",
@@ -471,6 +471,63 @@ async fn hanging_receiver_does_not_delay_the_stop(backend: Backend) {
     eprintln!("{backend:?}: stop with a hanging receiver took {took:?}");
 }
 
+/// A reload that adds a `notify_url` makes the next job's end a notice; one that removes it
+/// stops them (no outbox row is written at all).
+async fn reload_turns_notices_on_and_off(backend: Backend) {
+    let rx = Receiver::start().await;
+    let (b, db) = notice_builder(backend).await;
+    let dir = b.workdir().clone();
+    let app = b
+        .toml("[tasks.quick]\ncommand = [\"/bin/true\"]\n")
+        .start()
+        .await;
+    let before = start_job(app.addr, "quick").await;
+    wait_state(app.addr, before, "succeeded", secs(10)).await;
+    assert_eq!(outbox(backend, &dir, &db).await, 0);
+
+    let plain = std::fs::read_to_string(&app.config_path).unwrap();
+    let reload = |text: String, n: usize| {
+        let app = &app;
+        async move {
+            app.rewrite_config(&text);
+            app.signal(nix::sys::signal::Signal::SIGHUP);
+            let deadline = Instant::now() + secs(10);
+            loop {
+                let count = app
+                    .stderr
+                    .all()
+                    .iter()
+                    .filter(|l| l.text.contains("configuration reloaded"))
+                    .count();
+                if count >= n {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "reload {n} not done within 10s:\n{}",
+                    app.dump()
+                );
+                tokio::time::sleep(millis(50)).await;
+            }
+        }
+    };
+    reload(format!("{plain}notify_url = \"{}\"\n", rx.url()), 1).await;
+    let during = start_job(app.addr, "quick").await;
+    rx.wait_for("the notice of the job after the reload", secs(10), |rx| {
+        accepted_event(rx, during, "job.succeeded").is_some()
+    })
+    .await;
+
+    reload(plain, 2).await;
+    let after = start_job(app.addr, "quick").await;
+    wait_state(app.addr, after, "succeeded", secs(10)).await;
+    wait_outbox_empty(backend, &dir, &db, secs(10)).await;
+    let jobs: BTreeSet<i64> = rx.all().iter().map(Received::job_id).collect();
+    assert_eq!(jobs, BTreeSet::from([during]), "{}", rx.dump());
+    app.sigterm();
+    assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -489,6 +546,7 @@ both_backends!(
     notices_across_sigkill,
     notices_across_graceful_restart,
     hanging_receiver_does_not_delay_the_stop,
+    reload_turns_notices_on_and_off,
 );
 
 /// Two processes on one PostgreSQL database share the outbox: each job's notice gets one
