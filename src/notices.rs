@@ -3,12 +3,13 @@
 //! a crash).
 //!
 //! The outbox is the `notices` table (migration 0007). Its rows are written in the same
-//! transaction as the job's state change: by a trigger on `jobs` for final states and for
-//! the claim that takes over an expired lease, and by [`Store::requeue_interrupted`] for a
-//! job the stop requeued. Which tasks get rows is the `notice_tasks` table, written by each
-//! process at startup and reload ([`sync_tasks`]); jobs of other tasks pay nothing but the
-//! trigger's look-up on a final state (PostgreSQL) or nothing at all (SQLite evaluates the
-//! look-up in the trigger's `WHEN`).
+//! transaction as the job's state change: by the runner's finish ([`Store::finish`],
+//! [`Store::finish_batch`]) for tasks with a `notify_url` here (other jobs' finishes run the
+//! one statement they always did), by [`Store::requeue_interrupted`] for a job the stop
+//! requeued, and by a trigger on `jobs` for the rare changes made elsewhere: the claim that
+//! takes over an expired lease, and a cancel of a job that had not started (its `WHEN`
+//! compares columns only, so other updates do not pay for it). Which tasks get rows is the
+//! `notice_tasks` table, written by each process at startup and reload ([`sync_tasks`]).
 //!
 //! A deliverer in each process takes due notices of the tasks it has a URL for under a
 //! short lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several nodes share the outbox),
@@ -95,6 +96,16 @@ impl NoticeSettings {
             tasks: config.tasks.keys().cloned().collect(),
         })
     }
+}
+
+/// The tasks with a `notify_url` in `config`.
+pub fn notify_tasks(config: &Config) -> Vec<String> {
+    config
+        .tasks
+        .iter()
+        .filter(|(_, t)| t.notify_url.is_some())
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Makes `notice_tasks` say which of this process's tasks have a `notify_url`: adds those

@@ -209,6 +209,7 @@ pub fn app_state(
     let tasks = Task::all(&config.tasks)?;
     let metrics = Arc::new(Metrics::default());
     let store = Store::new(&db);
+    store.set_notice_tasks(crate::notices::notify_tasks(&config));
     let runner = {
         let metrics = metrics.clone();
         let on_attempt = Arc::new(move |task: &str, outcome: &str, took: Duration| {
@@ -323,6 +324,10 @@ impl Shiftd {
             .jobs
             .runner
             .reconfigure(RunnerSettings::from_config(&new, tasks));
+        self.state
+            .jobs
+            .store
+            .set_notice_tasks(crate::notices::notify_tasks(&new));
         self.notices.reconfigure(notice_settings);
         let settings = lifecycle_settings(&new);
         self.state.config.set(new);

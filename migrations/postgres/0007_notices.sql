@@ -1,7 +1,8 @@
--- Notices: the outbox of job events for tasks with a `notify_url`. A row is written by a
--- trigger in the same transaction as the job's state change (a final state, or a running
--- attempt taken over after its lease expired) or, for a job stopped and requeued by the
--- service's stop, by the same transaction as that requeue (src/notices.rs). Rows are
+-- Notices: the outbox of job events for tasks with a `notify_url`. A row is written in the
+-- same transaction as the job's state change: by the runner's finish (src/jobs/store.rs,
+-- only when the task has a notify_url, so other jobs' finishes cost nothing more), by the
+-- stop's requeue, and by the trigger below for the rare changes made elsewhere (a running
+-- attempt taken over after its lease expired; a job cancelled before it ran). Rows are
 -- deleted once delivered or given up, so the table holds only what is still to be sent.
 
 -- Tasks whose jobs get notices: each process writes its own tasks at startup and reload.
@@ -35,9 +36,8 @@ CREATE TABLE notices (
 CREATE INDEX notices_due ON notices (next_at);
 CREATE INDEX notices_created ON notices (created_at);
 
--- A row trigger's WHEN cannot hold a subquery: the task is looked up in the function, which
--- runs only for the transitions the WHEN lets through (never for claims of queued jobs or
--- lease renewals, which the hot path is made of).
+-- The WHEN compares columns only, so the function (and its look-up of the task) runs for
+-- these rare changes alone, never for claims, renewals or the runner's finishes.
 CREATE FUNCTION shiftd_job_notice() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     interrupted boolean := NEW.state = 'running';
@@ -69,6 +69,6 @@ END
 $$;
 
 CREATE TRIGGER jobs_notice AFTER UPDATE OF state ON jobs FOR EACH ROW
-WHEN ((NEW.state IN ('succeeded', 'failed', 'cancelled') AND OLD.state NOT IN ('succeeded', 'failed', 'cancelled'))
+WHEN ((NEW.state IN ('succeeded', 'failed', 'cancelled') AND OLD.state NOT IN ('running', 'succeeded', 'failed', 'cancelled'))
       OR (OLD.state = 'running' AND NEW.state = 'running' AND NEW.lease_owner IS DISTINCT FROM OLD.lease_owner))
 EXECUTE FUNCTION shiftd_job_notice();
