@@ -319,6 +319,11 @@ pub fn backoff(bounds: &NoticesConfig, tries: i64) -> Duration {
     wait + wait.mul_f64(jitter)
 }
 
+/// How often a process looks for notices past `notices.max_age` that nobody tries any more
+/// (those of a task that lost its `notify_url`); a notice that is tried is given up by its
+/// own try.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// The background deliverer of one process.
 #[derive(Clone)]
 pub struct Deliverer {
@@ -379,6 +384,7 @@ async fn deliver_loop(
     // The startup wrote `notice_tasks`; a reload asks for it again.
     let mut synced = true;
     let mut failures: u32 = 0;
+    let mut last_sweep = None;
     loop {
         if stop.is_cancelled() {
             return;
@@ -398,7 +404,17 @@ async fn deliver_loop(
                 }
             }
         }
-        match unless_stopped(&stop, expire(&store, bounds.max_age)).await {
+        let sweep = last_sweep.map_or(true, |at: tokio::time::Instant| at.elapsed() >= SWEEP_EVERY);
+        match unless_stopped(&stop, async {
+            if sweep {
+                last_sweep = Some(tokio::time::Instant::now());
+                expire(&store, bounds.max_age).await
+            } else {
+                Ok(Vec::new())
+            }
+        })
+        .await
+        {
             None => return,
             Some(Ok(gone)) => {
                 for (id, task) in &gone {

@@ -528,6 +528,44 @@ async fn reload_turns_notices_on_and_off(backend: Backend) {
     assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());
 }
 
+/// A receiver that always fails: the notice is tried `notices.max_attempts` times with one
+/// id, then dropped with a warning naming the setting; with a short `notices.max_age` it is
+/// dropped by age instead. Either way the outbox empties.
+async fn undeliverable_notices_are_given_up(backend: Backend) {
+    for (setting, attempts, max_age) in [
+        ("notices.max_attempts", 3, "1h"),
+        ("notices.max_age", 1000, "1s"),
+    ] {
+        let rx = Receiver::start().await;
+        rx.fail_next(usize::MAX);
+        let (b, db) = notice_builder(backend).await;
+        let dir = b.workdir().clone();
+        let app = b
+            .set("notices.max_attempts", attempts)
+            .set("notices.max_age", max_age)
+            .toml(&task("quick", "exit 0", &rx.url(), None, ""))
+            .start()
+            .await;
+        start_job(app.addr, "quick").await;
+        let warning = app.stderr.wait_contains("notice given up", secs(20)).await;
+        assert!(warning.text.contains(setting), "{}", warning.text);
+        assert!(warning.text.contains("WARN"), "{}", warning.text);
+        wait_outbox_empty(backend, &dir, &db, secs(5)).await;
+        let arrivals = rx.arrivals();
+        assert!(
+            arrivals.iter().all(|id| *id == arrivals[0]),
+            "one notice, one id: {arrivals:?}"
+        );
+        if setting == "notices.max_attempts" {
+            assert_eq!(arrivals.len(), 3, "{arrivals:?}");
+        } else {
+            assert!(arrivals.len() >= 2, "{arrivals:?}");
+        }
+        app.sigterm();
+        assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());
+    }
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -547,6 +585,7 @@ both_backends!(
     notices_across_graceful_restart,
     hanging_receiver_does_not_delay_the_stop,
     reload_turns_notices_on_and_off,
+    undeliverable_notices_are_given_up,
 );
 
 /// Two processes on one PostgreSQL database share the outbox: each job's notice gets one
