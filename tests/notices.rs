@@ -374,6 +374,73 @@ async fn notices_across_sigkill(backend: Backend) {
     assert_eq!(again.wait_exit(secs(10)).await, 0, "{}", again.dump());
 }
 
+/// Many jobs streaming through a SIGKILL: afterwards every job has exactly one
+/// `job.succeeded` id, and one `job.interrupted` id for each attempt the kill cut (its
+/// attempts less one), as the receiver counts them.
+async fn every_job_gets_its_notices_across_sigkill(backend: Backend) {
+    let rx = Receiver::start().await;
+    let (b, db) = notice_builder(backend).await;
+    let dir = b.workdir().clone();
+    let b = b.set("jobs.lease", "2s").set("jobs.workers", 4).toml(&task(
+        "work",
+        "sleep 0.3",
+        &rx.url(),
+        None,
+        "concurrency = 4",
+    ));
+    let app = b.start().await;
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        ids.push(start_job(app.addr, "work").await);
+    }
+    rx.wait_for("some notices before the kill", secs(30), |rx| {
+        rx.accepted().len() >= 8
+    })
+    .await;
+    app.signal(nix::sys::signal::Signal::SIGKILL);
+    app.wait_exit(secs(5)).await;
+    let before_kill = rx.accepted().len();
+
+    let again = app.builder_again().start().await;
+    rx.wait_for("a job.succeeded for each of 60 jobs", secs(90), |rx| {
+        ids.iter()
+            .all(|id| accepted_event(rx, *id, "job.succeeded").is_some())
+    })
+    .await;
+    wait_outbox_empty(backend, &dir, &db, secs(15)).await;
+    assert_one_id_per_event(&rx);
+    let all = rx.accepted();
+    let mut interrupted_jobs = 0;
+    for id in &ids {
+        let job = get_job(again.addr, *id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let attempts = job["attempts"].as_i64().unwrap();
+        let interrupted: BTreeSet<&str> = all
+            .iter()
+            .filter(|r| r.job_id() == *id && r.event() == "job.interrupted")
+            .map(|r| r.id())
+            .collect();
+        assert_eq!(
+            interrupted.len() as i64,
+            attempts - 1,
+            "job {id}: {attempts} attempts, interrupted notices {interrupted:?}"
+        );
+        if attempts > 1 {
+            interrupted_jobs += 1;
+        }
+    }
+    assert!(
+        interrupted_jobs > 0,
+        "the kill interrupted no job: the test proved nothing"
+    );
+    eprintln!(
+        "{backend:?}: {before_kill} notices before the kill; {interrupted_jobs} jobs interrupted by it; {} requests in all",
+        rx.arrivals().len()
+    );
+    again.sigterm();
+    assert_eq!(again.wait_exit(secs(10)).await, 0, "{}", again.dump());
+}
+
 /// A graceful stop with a `requeue` job running and a `finish` job ending during the drain:
 /// the requeued attempt gets `job.interrupted` (reason `stop`), the rerun and the finishing
 /// job their `job.succeeded`, delivered by the next process.
@@ -582,6 +649,7 @@ macro_rules! both_backends {
 both_backends!(
     every_final_state_gets_one_notice,
     notices_across_sigkill,
+    every_job_gets_its_notices_across_sigkill,
     notices_across_graceful_restart,
     hanging_receiver_does_not_delay_the_stop,
     reload_turns_notices_on_and_off,
