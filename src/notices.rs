@@ -168,7 +168,8 @@ fn rfc3339(ms: i64) -> String {
 struct Taken {
     seq: i64,
     tries: i64,
-    created_at: i64,
+    /// Since the event, on the database's clock (as every time of the queue).
+    age: Duration,
     notice: Notice,
 }
 
@@ -178,7 +179,7 @@ impl Taken {
         Ok(Self {
             seq: row.try_get("seq")?,
             tries: row.try_get("tries")?,
-            created_at,
+            age: Duration::from_millis(row.try_get::<i64, _>("age_ms")?.max(0) as u64),
             notice: Notice {
                 id: row.try_get("id")?,
                 event: row.try_get("event")?,
@@ -225,7 +226,7 @@ async fn take(
     let sql = format!(
         "UPDATE notices SET next_at = {now} + $1, tries = tries + 1 WHERE seq IN \
          (SELECT seq FROM notices WHERE next_at <= {now} AND task IN ({}) ORDER BY seq LIMIT {limit}{lock}) \
-         RETURNING {NOTICE_COLUMNS}",
+         RETURNING {NOTICE_COLUMNS}, {now} - created_at AS age_ms",
         placeholders.join(", ")
     );
     let mut query = sqlx::query(&sql).bind(lease.as_millis() as i64);
@@ -476,9 +477,7 @@ async fn deliver(store: &Store, client: &reqwest::Client, settings: &NoticeSetti
             delivered(store, taken.seq).await
         }
         Err(error) => {
-            let age = Duration::from_millis(
-                (crate::jobs::store::now_ms() - taken.created_at).max(0) as u64,
-            );
+            let age = taken.age;
             let wait = backoff(bounds, taken.tries);
             if taken.tries >= i64::from(bounds.max_attempts) || age + wait >= bounds.max_age {
                 let setting = if taken.tries >= i64::from(bounds.max_attempts) {
