@@ -325,6 +325,9 @@ pub fn backoff(bounds: &NoticesConfig, tries: i64) -> Duration {
 /// own try.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// Hears the outcome of each try: (task, `delivered` | `retried` | `given_up`).
+pub type OnOutcome = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// The background deliverer of one process.
 #[derive(Clone)]
 pub struct Deliverer {
@@ -334,13 +337,19 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// Starts delivering; it ends when `stop` is cancelled (the stop's beginning).
-    pub fn start(store: Store, settings: NoticeSettings, stop: CancellationToken) -> Self {
+    /// `on_outcome(task, outcome)` hears each try: `delivered`, `retried` or `given_up`.
+    pub fn start(
+        store: Store,
+        settings: NoticeSettings,
+        stop: CancellationToken,
+        on_outcome: OnOutcome,
+    ) -> Self {
         let (tx, rx) = watch::channel(Arc::new(settings));
         let deliverer = Self {
             settings: tx,
             stop: stop.clone(),
         };
-        tokio::spawn(deliver_loop(store, rx, stop));
+        tokio::spawn(deliver_loop(store, rx, stop, on_outcome));
         deliverer
     }
 
@@ -370,6 +379,7 @@ async fn deliver_loop(
     store: Store,
     mut settings_rx: watch::Receiver<Arc<NoticeSettings>>,
     stop: CancellationToken,
+    on_outcome: OnOutcome,
 ) {
     let client = match reqwest::Client::builder()
         .user_agent(concat!("shiftd/", env!("CARGO_PKG_VERSION")))
@@ -419,6 +429,7 @@ async fn deliver_loop(
             None => return,
             Some(Ok(gone)) => {
                 for (id, task) in &gone {
+                    on_outcome(task, "given_up");
                     tracing::warn!(notice = %id, task = %task, "notice given up: not delivered within notices.max_age ({}); raise notices.max_age, or check that the task still has a notify_url and that its receiver answers", crate::config::fmt_duration(bounds.max_age));
                 }
             }
@@ -435,7 +446,7 @@ async fn deliver_loop(
                 let full = batch.len() >= limit;
                 let sends = batch
                     .into_iter()
-                    .map(|taken| deliver(&store, &client, &settings, taken));
+                    .map(|taken| deliver(&store, &client, &settings, taken, &on_outcome));
                 if unless_stopped(&stop, futures::future::join_all(sends))
                     .await
                     .is_none()
@@ -464,7 +475,13 @@ async fn deliver_loop(
 }
 
 /// One try of one notice, and what it leads to (delete, retry later, give up).
-async fn deliver(store: &Store, client: &reqwest::Client, settings: &NoticeSettings, taken: Taken) {
+async fn deliver(
+    store: &Store,
+    client: &reqwest::Client,
+    settings: &NoticeSettings,
+    taken: Taken,
+    on_outcome: &OnOutcome,
+) {
     let bounds = &settings.bounds;
     let notice = &taken.notice;
     let Some(target) = settings.targets.get(&notice.task) else {
@@ -474,6 +491,7 @@ async fn deliver(store: &Store, client: &reqwest::Client, settings: &NoticeSetti
     let written = match &outcome {
         Ok(()) => {
             tracing::debug!(notice = %notice.id, job = notice.job_id, event = %notice.event, "notice delivered");
+            on_outcome(&notice.task, "delivered");
             delivered(store, taken.seq).await
         }
         Err(error) => {
@@ -490,12 +508,14 @@ async fn deliver(store: &Store, client: &reqwest::Client, settings: &NoticeSetti
                     "notice given up after {} tries over {} ({setting}); last error: {error}; fix the receiver at {} or raise {setting}",
                     taken.tries, crate::config::fmt_duration(Duration::from_secs(age.as_secs())), crate::redact::url(target.url.as_str())
                 );
+                on_outcome(&notice.task, "given_up");
                 delivered(store, taken.seq).await
             } else {
                 tracing::info!(
                     notice = %notice.id, job = notice.job_id, task = %notice.task, tries = taken.tries,
                     "notice not delivered ({error}); trying again in {}", crate::config::fmt_duration(Duration::from_millis(wait.as_millis() as u64))
                 );
+                on_outcome(&notice.task, "retried");
                 failed(store, &taken, wait, error).await
             }
         }

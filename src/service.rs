@@ -169,7 +169,15 @@ async fn start(
             token.cancel();
         });
     }
-    let notices = crate::notices::Deliverer::start(Store::new(&db), notice_settings, notices_stop);
+    let notices = {
+        let metrics = state.metrics.clone();
+        crate::notices::Deliverer::start(
+            Store::new(&db),
+            notice_settings,
+            notices_stop,
+            Arc::new(move |task: &str, outcome: &str| metrics.notice(task, outcome)),
+        )
+    };
     let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,

@@ -294,8 +294,46 @@ async fn every_final_state_gets_one_notice(backend: Backend) {
         !app.stderr.contains(SECRET),
         "the secret appeared in the log"
     );
+    let metrics = metrics_text(app.addr).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "shiftd_notices_total{task=\"ok\",state=\"delivered\"}"
+        ),
+        3,
+        "{metrics}"
+    );
+    let retried: i64 = ["ok", "bad", "long"]
+        .iter()
+        .map(|t| {
+            metric(
+                &metrics,
+                &format!("shiftd_notices_total{{task=\"{t}\",state=\"retried\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(retried, 2, "{metrics}");
     app.sigterm();
     assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());
+}
+
+async fn metrics_text(addr: SocketAddr) -> String {
+    client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample `name{labels}`, 0 if absent.
+fn metric(text: &str, sample: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn futures_join(addr: SocketAddr, task: &str, n: usize) -> Vec<i64> {
@@ -622,6 +660,15 @@ async fn undeliverable_notices_are_given_up(backend: Backend) {
         assert!(
             arrivals.iter().all(|id| *id == arrivals[0]),
             "one notice, one id: {arrivals:?}"
+        );
+        let metrics = metrics_text(app.addr).await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "shiftd_notices_total{task=\"quick\",state=\"given_up\"}"
+            ),
+            1,
+            "{metrics}"
         );
         if setting == "notices.max_attempts" {
             assert_eq!(arrivals.len(), 3, "{arrivals:?}");

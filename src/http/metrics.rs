@@ -55,6 +55,8 @@ pub struct Metrics {
     database_size: Gauge,
     unserved: Family<Task, Gauge>,
     storage_fault: Gauge,
+    /// Notice deliveries by task and outcome (delivered, retried, given_up).
+    notices: Family<TaskState, Counter>,
     /// One render at a time, so no scrape sees another's half-set gauges.
     render: std::sync::Mutex<()>,
 }
@@ -86,6 +88,12 @@ impl Default for Metrics {
         let database_size = Gauge::default();
         let unserved = Family::<Task, Gauge>::default();
         let storage_fault = Gauge::default();
+        let notices = Family::<TaskState, Counter>::default();
+        registry.register(
+            "notices",
+            "Notice deliveries by task and outcome: delivered, retried (a try failed), given_up",
+            notices.clone(),
+        );
         registry.register(
             "database_size_bytes",
             "Size of the database on disk",
@@ -142,6 +150,7 @@ impl Default for Metrics {
             database_size,
             unserved,
             storage_fault,
+            notices,
             render: std::sync::Mutex::new(()),
         }
     }
@@ -156,6 +165,16 @@ impl Metrics {
                 state: outcome.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one notice delivery try's outcome.
+    pub fn notice(&self, task: &str, outcome: &str) {
+        self.notices
+            .get_or_create(&TaskState {
+                task: task.into(),
+                state: outcome.into(),
+            })
+            .inc();
     }
 
     /// Counts and times one request by its route pattern (not its raw path).
