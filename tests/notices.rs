@@ -680,6 +680,105 @@ async fn undeliverable_notices_are_given_up(backend: Backend) {
     }
 }
 
+/// The successor a hand-over started (not our child): killed at the end whatever happens.
+struct Successor(i32);
+
+impl Successor {
+    fn sigterm(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+
+    /// Waits (polling with a deadline) until the process is gone.
+    async fn wait_gone(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), None).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "pid {} still there after {timeout:?}",
+                self.0
+            );
+            tokio::time::sleep(millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// An upgrade (`shiftd reload` hands over to a new process): the old process finishes its
+/// running job, whose notice it writes but no longer sends (its deliverer ended with the
+/// hand-over); the new process sends it, and those of its own jobs. Nothing is interrupted.
+async fn notices_across_a_hand_over(backend: Backend) {
+    let rx = Receiver::start().await;
+    let (b, db) = notice_builder(backend).await;
+    let dir = b.workdir().clone();
+    let url = rx.url();
+    let app = b
+        .toml(&task(
+            "held",
+            "touch started; i=0; while [ ! -e release ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+            &url,
+            None,
+            "",
+        ))
+        .toml(&task("quick", "exit 0", &url, None, ""))
+        .toml(&format!("working_dir = \"{}\"", dir.path().display()))
+        .start()
+        .await;
+    let held = start_job(app.addr, "held").await;
+    wait_file(&dir.path().join("started"), secs(10)).await;
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["reload", "--timeout", "30s"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shiftd reload: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        app.dump()
+    );
+    let handed = app
+        .notify
+        .wait_for("MAINPID=", secs(5), |d| d.has_key("MAINPID"))
+        .await;
+    let successor = Successor(handed.value("MAINPID").unwrap().parse().unwrap());
+
+    let quick = start_job(app.addr, "quick").await;
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    assert_eq!(app.wait_exit(secs(15)).await, 0, "{}", app.dump());
+    rx.wait_for("both notices", secs(20), |rx| {
+        accepted_event(rx, held, "job.succeeded").is_some()
+            && accepted_event(rx, quick, "job.succeeded").is_some()
+    })
+    .await;
+    wait_outbox_empty(backend, &dir, &db, secs(10)).await;
+    assert_one_id_per_event(&rx);
+    assert!(
+        rx.all().iter().all(|r| r.event() != "job.interrupted"),
+        "a hand-over interrupts nothing:\n{}",
+        rx.dump()
+    );
+    let done = accepted_event(&rx, held, "job.succeeded").unwrap().json;
+    assert_eq!(done["attempt"], 1, "{done}");
+    successor.sigterm();
+    successor.wait_gone(secs(10)).await;
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -701,6 +800,7 @@ both_backends!(
     hanging_receiver_does_not_delay_the_stop,
     reload_turns_notices_on_and_off,
     undeliverable_notices_are_given_up,
+    notices_across_a_hand_over,
 );
 
 /// Two processes on one PostgreSQL database share the outbox: each job's notice gets one
