@@ -920,3 +920,59 @@ fn notice_settings_are_checked_and_secrets_stay_hidden() {
         assert!(!out.contains(hidden), "`{hidden}` shown by check:\n{out}");
     }
 }
+
+/// Kills every server connection to database `name`, as a PostgreSQL restart would.
+async fn terminate_connections(name: &str) {
+    use sqlx::Connection;
+    let admin_url = std::env::var("PG_TEST_URL").unwrap_or_else(|_| DEFAULT_PG_TEST_URL.into());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let killed = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(name)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        !killed.is_empty(),
+        "no connections to kill: the test would prove nothing"
+    );
+    let _ = admin.close().await;
+}
+
+/// A database blip (every connection killed) while notices are being sent and retried:
+/// each job's notice still arrives, under one id.
+#[tokio::test(flavor = "multi_thread")]
+async fn notices_survive_a_database_blip() {
+    let rx = Receiver::start().await;
+    rx.fail_next(3);
+    let (b, db) = notice_builder(Backend::Postgres).await;
+    let dir = b.workdir().clone();
+    let app = b
+        .toml(&task(
+            "quick",
+            "sleep 0.1",
+            &rx.url(),
+            None,
+            "concurrency = 2",
+        ))
+        .start()
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(start_job(app.addr, "quick").await);
+    }
+    rx.wait_for("the first notices", secs(20), |rx| rx.arrived() >= 2)
+        .await;
+    terminate_connections(&db.as_ref().unwrap().name).await;
+    for _ in 0..10 {
+        ids.push(start_job(app.addr, "quick").await);
+    }
+    rx.wait_for("a notice for each of 20 jobs", secs(60), |rx| {
+        ids.iter()
+            .all(|id| accepted_event(rx, *id, "job.succeeded").is_some())
+    })
+    .await;
+    wait_outbox_empty(Backend::Postgres, &dir, &db, secs(10)).await;
+    assert_one_id_per_event(&rx);
+    app.sigterm();
+    assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());
+}
