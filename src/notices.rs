@@ -325,8 +325,17 @@ pub fn backoff(bounds: &NoticesConfig, tries: i64) -> Duration {
 /// own try.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Hears the outcome of each try: (task, `delivered` | `retried` | `given_up`).
+/// Hears the outcome of one try: (task, `delivered` | `retried` | `given_up`).
 pub type OnOutcome = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What the deliverer reports (to metrics).
+#[derive(Clone)]
+pub struct Hooks {
+    /// The outcome of each try: (task, `delivered` | `retried` | `given_up`).
+    pub outcome: OnOutcome,
+    /// Notices in the outbox (all nodes'), read every few seconds.
+    pub pending: Arc<dyn Fn(i64) + Send + Sync>,
+}
 
 /// The background deliverer of one process.
 #[derive(Clone)]
@@ -337,19 +346,18 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// Starts delivering; it ends when `stop` is cancelled (the stop's beginning).
-    /// `on_outcome(task, outcome)` hears each try: `delivered`, `retried` or `given_up`.
     pub fn start(
         store: Store,
         settings: NoticeSettings,
         stop: CancellationToken,
-        on_outcome: OnOutcome,
+        hooks: Hooks,
     ) -> Self {
         let (tx, rx) = watch::channel(Arc::new(settings));
         let deliverer = Self {
             settings: tx,
             stop: stop.clone(),
         };
-        tokio::spawn(deliver_loop(store, rx, stop, on_outcome));
+        tokio::spawn(deliver_loop(store, rx, stop, hooks));
         deliverer
     }
 
@@ -379,8 +387,9 @@ async fn deliver_loop(
     store: Store,
     mut settings_rx: watch::Receiver<Arc<NoticeSettings>>,
     stop: CancellationToken,
-    on_outcome: OnOutcome,
+    hooks: Hooks,
 ) {
+    let on_outcome = hooks.outcome.clone();
     let client = match reqwest::Client::builder()
         .user_agent(concat!("shiftd/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -396,6 +405,7 @@ async fn deliver_loop(
     let mut synced = true;
     let mut failures: u32 = 0;
     let mut last_sweep = None;
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         if stop.is_cancelled() {
             return;
@@ -419,7 +429,11 @@ async fn deliver_loop(
         match unless_stopped(&stop, async {
             if sweep {
                 last_sweep = Some(tokio::time::Instant::now());
-                expire(&store, bounds.max_age).await
+                let gone = expire(&store, bounds.max_age).await;
+                if let Ok(n) = pending(&store).await {
+                    (hooks.pending)(n);
+                }
+                gone
             } else {
                 Ok(Vec::new())
             }
@@ -436,26 +450,29 @@ async fn deliver_loop(
             Some(Err(e)) => tracing::debug!(error = %e, "cannot expire old notices"),
         }
         let tasks: Vec<String> = settings.targets.keys().cloned().collect();
-        let limit = bounds.concurrency as usize;
+        // Sends run on their own: a slow receiver holds one place, not the whole loop.
+        while in_flight.try_join_next().is_some() {}
+        let free = (bounds.concurrency as usize).saturating_sub(in_flight.len());
         // The lease outlasts the POST's timeout, so no other process sends it meanwhile.
         let lease = bounds.timeout + Duration::from_secs(5);
-        match unless_stopped(&stop, take(&store, &tasks, limit, lease)).await {
+        match unless_stopped(&stop, take(&store, &tasks, free, lease)).await {
             None => return,
             Some(Ok(batch)) => {
                 failures = 0;
-                let full = batch.len() >= limit;
-                let sends = batch
-                    .into_iter()
-                    .map(|taken| deliver(&store, &client, &settings, taken, &on_outcome));
-                if unless_stopped(&stop, futures::future::join_all(sends))
-                    .await
-                    .is_none()
-                {
-                    return;
-                }
-                if full {
-                    // More may be due: look again at once.
+                if free > 0 && batch.len() >= free {
+                    // More may be due: look again as soon as a place is free.
                     wait = Duration::ZERO;
+                }
+                for taken in batch {
+                    let (store, client, settings, on_outcome) = (
+                        store.clone(),
+                        client.clone(),
+                        settings.clone(),
+                        on_outcome.clone(),
+                    );
+                    in_flight.spawn(async move {
+                        deliver(&store, &client, &settings, taken, &on_outcome).await
+                    });
                 }
             }
             Some(Err(e)) => {
@@ -464,12 +481,16 @@ async fn deliver_loop(
                 tracing::warn!(error = %e, "cannot take notices from the database; trying again in {}", crate::config::fmt_duration(wait));
             }
         }
-        if !wait.is_zero() {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = settings_rx.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
+        // Dropping `in_flight` (a return) abandons the sends in flight: their notices stay
+        // leased in the outbox and are sent again once the lease has run out.
+        if wait.is_zero() && in_flight.len() < bounds.concurrency as usize {
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = settings_rx.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }
 }

@@ -170,12 +170,15 @@ async fn start(
         });
     }
     let notices = {
-        let metrics = state.metrics.clone();
+        let (m1, m2) = (state.metrics.clone(), state.metrics.clone());
         crate::notices::Deliverer::start(
             Store::new(&db),
             notice_settings,
             notices_stop,
-            Arc::new(move |task: &str, outcome: &str| metrics.notice(task, outcome)),
+            crate::notices::Hooks {
+                outcome: Arc::new(move |task: &str, outcome: &str| m1.notice(task, outcome)),
+                pending: Arc::new(move |n: i64| m2.notices_pending(n)),
+            },
         )
     };
     let app: Arc<dyn App> = Arc::new(Shiftd {

@@ -419,6 +419,8 @@ async fn every_job_gets_its_notices_across_sigkill(backend: Backend) {
     let rx = Receiver::start().await;
     let (b, db) = notice_builder(backend).await;
     let dir = b.workdir().clone();
+    // A notice sent but not yet deleted at the kill is sent again after timeout + 5 s.
+    let b = b.set("notices.timeout", "2s");
     let b = b.set("jobs.lease", "2s").set("jobs.workers", 4).toml(&task(
         "work",
         "sleep 0.3",
@@ -559,6 +561,16 @@ async fn hanging_receiver_does_not_delay_the_stop(backend: Backend) {
     start_job(app.addr, "quick").await;
     rx.wait_for("a notice in flight", secs(10), |rx| rx.arrived() >= 1)
         .await;
+    // The outbox depth reaches /metrics (read every 10 s).
+    let deadline = Instant::now() + secs(15);
+    while metric(&metrics_text(app.addr).await, "shiftd_notices_pending ") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "shiftd_notices_pending is not 1:\n{}",
+            metrics_text(app.addr).await
+        );
+        tokio::time::sleep(millis(200)).await;
+    }
     let stopping = Instant::now();
     app.sigterm();
     assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());
@@ -947,6 +959,8 @@ async fn notices_survive_a_database_blip() {
     let (b, db) = notice_builder(Backend::Postgres).await;
     let dir = b.workdir().clone();
     let app = b
+        // A delivery whose DELETE the blip cut is sent again after its lease (timeout + 5 s).
+        .set("notices.timeout", "2s")
         .toml(&task(
             "quick",
             "sleep 0.1",
@@ -971,7 +985,7 @@ async fn notices_survive_a_database_blip() {
             .all(|id| accepted_event(rx, *id, "job.succeeded").is_some())
     })
     .await;
-    wait_outbox_empty(Backend::Postgres, &dir, &db, secs(10)).await;
+    wait_outbox_empty(Backend::Postgres, &dir, &db, secs(20)).await;
     assert_one_id_per_event(&rx);
     app.sigterm();
     assert_eq!(app.wait_exit(secs(10)).await, 0, "{}", app.dump());

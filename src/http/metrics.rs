@@ -57,6 +57,7 @@ pub struct Metrics {
     storage_fault: Gauge,
     /// Notice deliveries by task and outcome (delivered, retried, given_up).
     notices: Family<TaskState, Counter>,
+    notices_pending: Gauge,
     /// One render at a time, so no scrape sees another's half-set gauges.
     render: std::sync::Mutex<()>,
 }
@@ -93,6 +94,12 @@ impl Default for Metrics {
             "notices",
             "Notice deliveries by task and outcome: delivered, retried (a try failed), given_up",
             notices.clone(),
+        );
+        let notices_pending = Gauge::default();
+        registry.register(
+            "notices_pending",
+            "Notices in the outbox, of all nodes sharing the database (read every 10 s)",
+            notices_pending.clone(),
         );
         registry.register(
             "database_size_bytes",
@@ -151,6 +158,7 @@ impl Default for Metrics {
             unserved,
             storage_fault,
             notices,
+            notices_pending,
             render: std::sync::Mutex::new(()),
         }
     }
@@ -175,6 +183,11 @@ impl Metrics {
                 state: outcome.into(),
             })
             .inc();
+    }
+
+    /// Notices waiting in the outbox.
+    pub fn notices_pending(&self, n: i64) {
+        self.notices_pending.set(n);
     }
 
     /// Counts and times one request by its route pattern (not its raw path).
