@@ -383,6 +383,24 @@ async fn unless_stopped<T>(
     }
 }
 
+/// A database statement of the deliverer, bounded: past `limit` it is an error (the
+/// statement is dropped; what it would have written is done again later).
+async fn bounded<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer from the database within notices.timeout ({})",
+                crate::config::fmt_duration(limit)
+            ),
+        ))),
+    }
+}
+
 async fn deliver_loop(
     store: Store,
     mut settings_rx: watch::Receiver<Arc<NoticeSettings>>,
@@ -455,7 +473,9 @@ async fn deliver_loop(
         let free = (bounds.concurrency as usize).saturating_sub(in_flight.len());
         // The lease outlasts the POST's timeout, so no other process sends it meanwhile.
         let lease = bounds.timeout + Duration::from_secs(5);
-        match unless_stopped(&stop, take(&store, &tasks, free, lease)).await {
+        // Database statements are bounded by notices.timeout too.
+        let taking = bounded(bounds.timeout, take(&store, &tasks, free, lease));
+        match unless_stopped(&stop, taking).await {
             None => return,
             Some(Ok(batch)) => {
                 failures = 0;
@@ -513,7 +533,7 @@ async fn deliver(
         Ok(()) => {
             tracing::debug!(notice = %notice.id, job = notice.job_id, event = %notice.event, "notice delivered");
             on_outcome(&notice.task, "delivered");
-            delivered(store, taken.seq).await
+            bounded(bounds.timeout, delivered(store, taken.seq)).await
         }
         Err(error) => {
             let age = taken.age;
@@ -530,18 +550,19 @@ async fn deliver(
                     taken.tries, crate::config::fmt_duration(Duration::from_secs(age.as_secs())), crate::redact::url(target.url.as_str())
                 );
                 on_outcome(&notice.task, "given_up");
-                delivered(store, taken.seq).await
+                bounded(bounds.timeout, delivered(store, taken.seq)).await
             } else {
                 tracing::info!(
                     notice = %notice.id, job = notice.job_id, task = %notice.task, tries = taken.tries,
                     "notice not delivered ({error}); trying again in {}", crate::config::fmt_duration(Duration::from_millis(wait.as_millis() as u64))
                 );
                 on_outcome(&notice.task, "retried");
-                failed(store, &taken, wait, error).await
+                bounded(bounds.timeout, failed(store, &taken, wait, error)).await
             }
         }
     };
     if let Err(e) = written {
+        // A timeout here leaves the notice leased: it is sent again once the lease ran out.
         // The lease runs out and the notice is sent again: at least once, same id.
         tracing::warn!(notice = %notice.id, error = %e, "cannot record the notice's delivery; it is sent again once its lease has run out");
     }
