@@ -229,7 +229,7 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
 const MAN_EXTRA: &str = r#".SH FILES
 .TP
 \fI/etc/shiftd/shiftd.toml\fR
-The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [auth] and [tasks.NAME].
+The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [auth], [notices] and [tasks.NAME].
 .TP
 \fI/var/lib/shiftd/shiftd.db\fR
 The embedded SQLite database (StateDirectory=shiftd).
@@ -246,6 +246,19 @@ Checks the user, the units, readiness through the socket and \fBshiftd check\fR,
 .TP
 \fBSHIFTD_\fISECTION\fB__\fIKEY\fR
 Overrides one configuration key, e.g. SHIFTD_HTTP__LISTEN=127.0.0.1:9000.
+.SH NOTICES
+A task with \fBnotify_url\fR gets a JSON POST when one of its jobs ends (\fBjob.succeeded\fR,
+\fBjob.failed\fR, \fBjob.cancelled\fR) or an attempt is interrupted (\fBjob.interrupted\fR:
+reason \fBstop\fR when the service's stop requeued it, \fBlease_expired\fR when a crash left
+it to another attempt). Each notice is written to the database with the job's state change
+and sent at least once, with the same \fIid\fR (also in the \fBShiftd-Notice-Id\fR header)
+on every try: a receiver deduplicates on it. With \fBnotify_secret_file\fR each request carries
+\fBShiftd-Timestamp\fR (Unix seconds) and \fBShiftd-Signature: v1=\fIhex\fR, the HMAC-SHA256
+of \fItimestamp\fR.\fIbody\fR under the file's content (trailing whitespace removed). A 2xx
+answer is delivery; anything else, or no answer within notices.timeout, is tried again after
+notices.backoff, doubling up to notices.backoff_max. After notices.max_attempts tries or
+notices.max_age the notice is dropped with a warning that names the setting. The stop never
+waits for a receiver: what is not delivered is sent by the next process.
 .SH SIGNALS
 SIGTERM, SIGINT: graceful stop within shutdown.grace; a second one, or SIGQUIT: fast stop.
 SIGHUP: re-read the configuration in the running process. SIGUSR2: hand over to a new process

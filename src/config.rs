@@ -58,6 +58,77 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Operator-defined commands clients may start, by name.
     pub tasks: BTreeMap<String, TaskConfig>,
+    /// Delivery of job notices to the tasks' `notify_url`.
+    pub notices: NoticesConfig,
+}
+
+/// Bounds of notice delivery (src/notices.rs), shared by every task with a `notify_url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NoticesConfig {
+    /// Longest time one POST may take (connect, send, answer); longer is a failed try.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Tries per notice; after the last failed one it is given up with a warning.
+    pub max_attempts: u32,
+    /// A notice not delivered this long after its event is given up with a warning.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Wait after the first failed try; doubles with each further one, up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Notices this process sends at once.
+    pub concurrency: u32,
+    /// How often the outbox is looked at for notices that are due.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for NoticesConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_attempts: 25,
+            max_age: Duration::from_secs(24 * 3600),
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            concurrency: 8,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Most notices one process sends at once.
+pub const MAX_NOTICE_CONCURRENCY: u32 = 256;
+
+impl NoticesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive("notices.timeout", self.timeout)?;
+        positive("notices.max_age", self.max_age)?;
+        positive("notices.backoff", self.backoff)?;
+        positive("notices.poll_interval", self.poll_interval)?;
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "notices.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.backoff_max < self.backoff {
+            return Err(ConfigError::new(
+                "notices.backoff_max",
+                "must be at least notices.backoff",
+            ));
+        }
+        if !(1..=MAX_NOTICE_CONCURRENCY).contains(&self.concurrency) {
+            return Err(ConfigError::new(
+                "notices.concurrency",
+                format!("must be 1 to {MAX_NOTICE_CONCURRENCY}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +413,12 @@ pub struct TaskConfig {
     pub timezone: String,
     /// After downtime: run the latest missed occurrence once, or none.
     pub catch_up: CatchUp,
+    // Notices (src/notices.rs).
+    /// Where a JSON notice is POSTed when a job of this task ends or is interrupted.
+    pub notify_url: Option<String>,
+    /// A file holding the key of the notices' HMAC-SHA256 signature (trailing whitespace
+    /// ignored); read when the configuration is loaded, never shown.
+    pub notify_secret_file: Option<PathBuf>,
 }
 
 /// What a schedule does with occurrences that passed while no shiftd ran.
@@ -373,6 +450,8 @@ impl Default for TaskConfig {
             schedule: None,
             timezone: "UTC".into(),
             catch_up: CatchUp::Latest,
+            notify_url: None,
+            notify_secret_file: None,
         }
     }
 }
@@ -677,6 +756,7 @@ impl Config {
         for (name, task) in &self.tasks {
             task.validate(name)?;
         }
+        self.notices.validate()?;
         Ok(())
     }
 }
@@ -731,6 +811,18 @@ impl TaskConfig {
                 "must be at least 1 byte, e.g. \"1MiB\"",
             ));
         }
+        if let Some(url) = &self.notify_url {
+            notify_url(url).map_err(|m| ConfigError::new(key("notify_url"), m))?;
+        }
+        if self.notify_secret_file.is_some() {
+            if self.notify_url.is_none() {
+                return Err(ConfigError::new(
+                    key("notify_secret_file"),
+                    "signs notices, but the task has no `notify_url`; add one or remove this key",
+                ));
+            }
+            self.notify_secret(name)?;
+        }
         self.validate_schedule(name)?;
         Ok(())
     }
@@ -752,6 +844,58 @@ impl TaskConfig {
         }
         Ok(())
     }
+}
+
+impl TaskConfig {
+    /// The key that signs this task's notices, read from `notify_secret_file`: an error
+    /// naming the key if the file cannot be read or is empty. The error never holds the
+    /// file's content.
+    pub fn notify_secret(&self, name: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.notify_secret_file else {
+            return Ok(None);
+        };
+        let key = format!("tasks.{name}.notify_secret_file");
+        let text = std::fs::read(path).map_err(|e| {
+            ConfigError::new(
+                key.clone(),
+                format!(
+                    "cannot read {}: {e}; check the path and that the service's user may read it",
+                    path.display()
+                ),
+            )
+        })?;
+        let end = text
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
+        if end == 0 {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{} is empty; write a key into it (e.g. `openssl rand -hex 32`)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(text[..end].to_vec()))
+    }
+}
+
+/// Checks a `notify_url`: an absolute http or https URL with a host.
+pub fn notify_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!(
+            "`{}` is not a URL ({e}); write e.g. \"https://monitor.example.org/shiftd\"",
+            crate::redact::url(url)
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "`{}` must be an http:// or https:// URL with a host",
+            crate::redact::url(url)
+        ));
+    }
+    Ok(parsed)
 }
 
 /// `{name}` as a whole argument gives `Some("name")`.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logging;
+pub mod notices;
 pub mod redact;
 pub mod service;
 pub mod unitcheck;

@@ -120,6 +120,9 @@ pub fn config(config: &Config) -> Config {
         for value in task.env.values_mut() {
             *value = REDACTED.to_string();
         }
+        if let Some(notify_url) = &mut task.notify_url {
+            *notify_url = url(notify_url);
+        }
     }
     for token in &mut safe.auth.tokens {
         if token.secret.is_some() {

@@ -114,12 +114,19 @@ async fn start(
         )
         .await?
         .expect("required");
-    life.step(
-        "migrate",
-        Step::Required,
-        "check the database log",
-        db.migrate(),
-    )
+    // The tasks whose jobs get notices are recorded with the schema, before any job can
+    // change state here.
+    let notice_settings =
+        crate::notices::NoticeSettings::from_config(&config).map_err(|e| StartupError::Failed {
+            step: "notices",
+            message: e.to_string(),
+        })?;
+    life.step("migrate", Step::Required, "check the database log", async {
+        db.migrate().await.map_err(|e| e.to_string())?;
+        crate::notices::sync_tasks(&Store::new(&db), &notice_settings)
+            .await
+            .map_err(|e| format!("cannot record which tasks have a notify_url: {e}"))
+    })
     .await?;
     life.step(
         "warm-up",
@@ -151,10 +158,34 @@ async fn start(
         })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
+    // Notices end as the stop begins: a POST in flight is abandoned, its notice stays in
+    // the outbox for the next process.
+    let notices_stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stopping = life.handle().stopping();
+        let token = notices_stop.clone();
+        tokio::spawn(async move {
+            stopping.await;
+            token.cancel();
+        });
+    }
+    let notices = {
+        let (m1, m2) = (state.metrics.clone(), state.metrics.clone());
+        crate::notices::Deliverer::start(
+            Store::new(&db),
+            notice_settings,
+            notices_stop,
+            crate::notices::Hooks {
+                outcome: Arc::new(move |task: &str, outcome: &str| m1.notice(task, outcome)),
+                pending: Arc::new(move |n: i64| m2.notices_pending(n)),
+            },
+        )
+    };
     let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,
         log,
+        notices,
     });
     Ok((listener, router, app))
 }
@@ -189,6 +220,7 @@ pub fn app_state(
     let tasks = Task::all(&config.tasks)?;
     let metrics = Arc::new(Metrics::default());
     let store = Store::new(&db);
+    store.set_notice_tasks(crate::notices::notify_tasks(&config));
     let runner = {
         let metrics = metrics.clone();
         let on_attempt = Arc::new(move |task: &str, outcome: &str, took: Duration| {
@@ -266,6 +298,7 @@ struct Shiftd {
     state: AppState,
     config_path: Option<PathBuf>,
     log: Option<LogControl>,
+    notices: crate::notices::Deliverer,
 }
 
 impl Shiftd {
@@ -290,6 +323,7 @@ impl Shiftd {
         // leaves the previous configuration whole.
         let auth = Auth::from_config(&new.auth)?;
         let tasks = Task::all(&new.tasks)?;
+        let notice_settings = crate::notices::NoticeSettings::from_config(&new)?;
         if let Some(log) = &self.log {
             log.set_level(&new.log.level).map_err(|m| ConfigError {
                 key: "log.level".into(),
@@ -318,6 +352,11 @@ impl Shiftd {
             .jobs
             .scheduler
             .reconfigure(crate::jobs::SchedulerSettings::from_config(&new, &tasks));
+        self.state
+            .jobs
+            .store
+            .set_notice_tasks(crate::notices::notify_tasks(&new));
+        self.notices.reconfigure(notice_settings);
         let settings = lifecycle_settings(&new);
         self.state.config.set(new);
         Ok(settings)
@@ -378,6 +417,21 @@ impl App for Shiftd {
                 .await
                 .map_err(|e| format!("reading the configuration failed: {e}"))?;
             let new = loaded.map_err(|e| e.to_string())?;
+            // Tasks that gain a notify_url get notices from the first state change after
+            // the reload: recorded before the new configuration applies.
+            let notices =
+                crate::notices::NoticeSettings::from_config(&new).map_err(|e| e.to_string())?;
+            let limit = new.startup.step_timeout;
+            match tokio::time::timeout(
+                limit,
+                crate::notices::sync_tasks(&self.state.jobs.store, &notices),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("cannot record which tasks have a notify_url ({e}); the reload was refused, try again once the database answers")),
+                Err(_) => return Err(format!("recording which tasks have a notify_url took longer than startup.step_timeout ({}); the reload was refused, try again once the database answers", crate::config::fmt_duration(limit))),
+            }
             self.apply(new).map_err(|e| e.to_string())
         }
         .boxed()

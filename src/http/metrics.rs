@@ -56,6 +56,9 @@ pub struct Metrics {
     unserved: Family<Task, Gauge>,
     paused: Family<Task, Gauge>,
     storage_fault: Gauge,
+    /// Notice deliveries by task and outcome (delivered, retried, given_up).
+    notices: Family<TaskState, Counter>,
+    notices_pending: Gauge,
     /// One render at a time, so no scrape sees another's half-set gauges.
     render: std::sync::Mutex<()>,
 }
@@ -88,6 +91,18 @@ impl Default for Metrics {
         let unserved = Family::<Task, Gauge>::default();
         let paused = Family::<Task, Gauge>::default();
         let storage_fault = Gauge::default();
+        let notices = Family::<TaskState, Counter>::default();
+        registry.register(
+            "notices",
+            "Notice deliveries by task and outcome: delivered, retried (a try failed), given_up",
+            notices.clone(),
+        );
+        let notices_pending = Gauge::default();
+        registry.register(
+            "notices_pending",
+            "Notices in the outbox, of all nodes sharing the database (read every 10 s)",
+            notices_pending.clone(),
+        );
         registry.register(
             "database_size_bytes",
             "Size of the database on disk",
@@ -150,6 +165,8 @@ impl Default for Metrics {
             unserved,
             paused,
             storage_fault,
+            notices,
+            notices_pending,
             render: std::sync::Mutex::new(()),
         }
     }
@@ -164,6 +181,21 @@ impl Metrics {
                 state: outcome.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one notice delivery try's outcome.
+    pub fn notice(&self, task: &str, outcome: &str) {
+        self.notices
+            .get_or_create(&TaskState {
+                task: task.into(),
+                state: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Notices waiting in the outbox.
+    pub fn notices_pending(&self, n: i64) {
+        self.notices_pending.set(n);
     }
 
     /// Counts and times one request by its route pattern (not its raw path).

@@ -1441,8 +1441,13 @@ async fn record(
         // Not ours any more, or about to not be: whoever claims it next records it.
         Stop::LeaseLost | Stop::LeaseExpiring => "lost",
         Stop::Shutdown | Stop::TaskGone => {
-            if persist("put the job back in the queue", attempt.lease, || {
-                inner.store.requeue(job.id, owner)
+            if persist("put the job back in the queue", attempt.lease, || async {
+                if stop == Stop::Shutdown {
+                    // Its process ran and was stopped: a `job.interrupted` notice.
+                    inner.store.requeue_interrupted(job.id, owner).await
+                } else {
+                    inner.store.requeue(job.id, owner).await
+                }
             })
             .await
             .is_some()

@@ -177,6 +177,8 @@ pub struct FinishItem {
     pub lease_owner: String,
     pub finish: Finish,
     pub backoff: Duration,
+    /// The job's task: whether its final state needs a notice.
+    pub task: String,
 }
 
 impl FinishItem {
@@ -188,6 +190,7 @@ impl FinishItem {
             lease_owner: lease_owner.to_string(),
             finish: finish.clone(),
             backoff,
+            task: job.task.clone(),
         }
     }
 
@@ -269,6 +272,8 @@ pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
     health: std::sync::Arc<StorageHealth>,
+    /// Tasks with a `notify_url` here: only their finishes also write a notice.
+    notify: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 /// A line as the database can hold it: PostgreSQL's text cannot contain NUL, so NUL is
@@ -287,7 +292,43 @@ impl Store {
             pool: db.pool.clone(),
             backend: db.backend,
             health: db.health.clone(),
+            notify: Default::default(),
         }
+    }
+
+    /// The tasks whose finishes write a notice (those with a `notify_url`), shared by every
+    /// clone of this store; set at startup and reload.
+    pub fn set_notice_tasks(&self, tasks: impl IntoIterator<Item = String>) {
+        *self.notify.write().expect("poisoned") = tasks.into_iter().collect();
+    }
+
+    fn notifies(&self, task: &str) -> bool {
+        self.notify.read().expect("poisoned").contains(task)
+    }
+
+    /// An id for a notice, as SQL: random, 32 hex digits.
+    fn notice_id_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "lower(hex(randomblob(16)))",
+            Backend::Postgres => {
+                "md5(random()::text || clock_timestamp()::text || jobs.id::text || pg_backend_pid()::text)"
+            }
+        }
+    }
+
+    /// Inserts a notice for each job matching `condition` that is in a final state and whose
+    /// task is in `notice_tasks`; run in the transaction that made that state.
+    fn final_notices_sql(&self, condition: &str) -> String {
+        let now = self.now();
+        format!(
+            "INSERT INTO notices (id, event, reason, job_id, task, attempt, max_attempts, state, exit_code, exit_signal, \
+             error, job_created_at, started_at, finished_at, created_at, next_at) \
+             SELECT {}, 'job.' || state, NULL, id, task, attempts, max_attempts, state, exit_code, exit_signal, \
+             error, created_at, started_at, finished_at, {now}, {now} FROM jobs \
+             WHERE {condition} AND state IN ('succeeded', 'failed', 'cancelled') \
+             AND EXISTS (SELECT 1 FROM notice_tasks WHERE notice_tasks.task = jobs.task)",
+            self.notice_id_sql()
+        )
     }
 
     /// Adds a job, or returns the one already made with this idempotency key in the last 24 h
@@ -842,8 +883,25 @@ impl Store {
         if retry {
             query = query.bind(backoff.as_millis() as i64);
         }
-        let done = self.observe(query.execute(&self.pool).await, true)?;
-        Ok(done.rows_affected() == 1)
+        if retry || !self.notifies(&job.task) {
+            let done = self.observe(query.execute(&self.pool).await, true)?;
+            return Ok(done.rows_affected() == 1);
+        }
+        // The final state and its notice commit together.
+        let done = async {
+            let mut tx = self.pool.begin().await?;
+            let recorded = query.execute(&mut *tx).await?.rows_affected() == 1;
+            if recorded {
+                sqlx::query(&self.final_notices_sql("id = $1"))
+                    .bind(job.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(recorded)
+        }
+        .await;
+        self.observe(done, true)
     }
 
     /// Records how several attempts ended, in one statement (one commit): each row only
@@ -904,10 +962,35 @@ impl Store {
                         .map(|e| storable(e).into_owned()),
                 );
         }
-        // fetch_all: nobody is told "recorded" before the commit (write-commit rule).
-        let rows = query.fetch_all(&self.pool).await;
-        let rows = self.observe(rows, true)?;
-        rows.iter().map(|r| r.try_get::<i64, _>("id")).collect()
+        if !items.iter().any(|i| !i.retry() && self.notifies(&i.task)) {
+            // fetch_all: nobody is told "recorded" before the commit (write-commit rule).
+            let rows = query.fetch_all(&self.pool).await;
+            let rows = self.observe(rows, true)?;
+            return rows.iter().map(|r| r.try_get::<i64, _>("id")).collect();
+        }
+        // Some of these jobs' tasks have a notify_url: their notices commit with the batch.
+        let done = async {
+            let mut tx = self.pool.begin().await?;
+            let rows = query.fetch_all(&mut *tx).await?;
+            let ids = rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>("id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let notify: Vec<String> = items
+                .iter()
+                .filter(|i| !i.retry() && self.notifies(&i.task) && ids.contains(&i.id))
+                .map(|i| i.id.to_string())
+                .collect();
+            if !notify.is_empty() {
+                sqlx::query(&self.final_notices_sql(&format!("id IN ({})", notify.join(", "))))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(ids)
+        }
+        .await;
+        self.observe(done, true)
     }
 
     /// Puts a job back in the queue without counting the attempt (a stop or a lost task
@@ -964,6 +1047,49 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("task")?, r.try_get("paused_at")?)))
             .collect()
+    }
+
+    /// As [`Store::requeue`], for an attempt the service's stop interrupted: in the same
+    /// transaction, a `job.interrupted` notice when the job's task has a `notify_url`
+    /// (`notice_tasks`). A job claimed ahead and never started goes back with
+    /// [`Store::requeue`]: nothing was interrupted.
+    pub async fn requeue_interrupted(
+        &self,
+        id: i64,
+        lease_owner: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let now = self.now();
+        let random_id = self.notice_id_sql();
+        let done = async {
+            let mut tx = self.pool.begin().await?;
+            let requeued = sqlx::query(&format!(
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_after = {now}, updated_at = {now}, lease_owner = NULL, \
+                 lease_until = NULL WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+            ))
+            .bind(id)
+            .bind(lease_owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if requeued {
+                sqlx::query(&format!(
+                    "INSERT INTO notices (id, event, reason, job_id, task, attempt, max_attempts, state, exit_code, exit_signal, \
+                     error, job_created_at, started_at, finished_at, created_at, next_at) \
+                     SELECT {random_id}, 'job.interrupted', 'stop', id, task, attempts + 1, max_attempts, state, NULL, NULL, \
+                     'the service stopped while the attempt ran; it was stopped and requeued, and runs again (the attempt does not count)', \
+                     created_at, started_at, NULL, {now}, {now} FROM jobs \
+                     WHERE id = $1 AND EXISTS (SELECT 1 FROM notice_tasks WHERE notice_tasks.task = jobs.task)"
+                ))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(requeued)
+        }
+        .await;
+        self.observe(done, true)
     }
 
     /// Writes this node's row: alive now, serving `tasks`. Also the probe that tells a
