@@ -265,7 +265,7 @@ SIGHUP: re-read the configuration in the running process. SIGUSR2: hand over to 
 (as \fBshiftd reload\fR, outcome in the log only). SIGUSR1: a status report in the log.
 .SH DELAYED JOBS AND SCHEDULES
 A start request may carry \fB"delay": "10m"\fR or \fB"run_at": "2026-11-22T03:00:00+01:00"\fR
-(at most a year ahead; a run_at up to 60 s in the past means now): the job is \fBscheduled\fR
+(a run_at in the past means now): the job is \fBscheduled\fR
 until then. A task with \fBschedule = "0 3 * * *"\fR (cron, five fields, or six with a leading
 seconds field), \fBtimezone = "Europe/Berlin"\fR (default UTC) gets one job, without
 parameters, at each occurrence, enqueued once across all processes sharing the database.

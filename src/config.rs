@@ -148,6 +148,10 @@ pub struct HttpConfig {
     /// Longest time a client may take to send a request body; a slower one is answered 408.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Longest time one `follow` stream of a job's log stays open; it then ends cleanly and
+    /// the client asks again from the last line it has (`after`), as it does at a restart.
+    #[serde(with = "humantime_serde")]
+    pub follow_max: Duration,
 }
 
 impl Default for HttpConfig {
@@ -158,6 +162,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             body_limit: ByteSize(1024 * 1024),
             body_read_timeout: Duration::from_secs(10),
+            follow_max: Duration::from_secs(3600),
         }
     }
 }
@@ -642,6 +647,7 @@ impl Config {
         positive("http.request_timeout", self.http.request_timeout)?;
         positive("http.header_read_timeout", self.http.header_read_timeout)?;
         positive("http.body_read_timeout", self.http.body_read_timeout)?;
+        positive("http.follow_max", self.http.follow_max)?;
         if self.http.body_limit.0 == 0 {
             return Err(ConfigError::new(
                 "http.body_limit",

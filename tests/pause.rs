@@ -322,3 +322,56 @@ command = ["/bin/true"]
         200
     );
 }
+
+/// A follow stream of a job that will not end soon (its task is paused) ends cleanly at
+/// `http.follow_max`, so no client waits without end; `limit` ends it after that many lines.
+#[tokio::test]
+async fn a_follow_stream_ends_at_follow_max_and_after_limit_lines() {
+    let app = Shiftd::builder()
+        .set("jobs.poll_interval", "100ms")
+        .set("jobs.log_flush_interval", "100ms")
+        .set("http.follow_max", "500ms")
+        .toml(
+            r#"
+[tasks.held]
+command = ["/bin/echo", "held"]
+
+[tasks.lines]
+command = ["/bin/sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done"]
+"#,
+        )
+        .start()
+        .await;
+    let (status, _) = call(app.addr, "POST", "/v1/tasks/held/pause", None).await;
+    assert_eq!(status, 200);
+    let id = start_job(app.addr, "held", json!({})).await;
+    let started = Instant::now();
+    let r = client()
+        .get(format!("http://{}/v1/jobs/{id}/log?follow=1", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await.expect("the stream ends cleanly");
+    assert_eq!(body, "");
+    let took = started.elapsed();
+    assert!(
+        took >= millis(400) && took < secs(10),
+        "ended after {took:?}"
+    );
+
+    let id = start_job(app.addr, "lines", json!({})).await;
+    wait_state(app.addr, id, "succeeded").await;
+    let body = client()
+        .get(format!(
+            "http://{}/v1/jobs/{id}/log?follow=1&limit=2",
+            app.addr
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.lines().count(), 2, "{body:?}");
+}

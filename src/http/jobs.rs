@@ -29,11 +29,9 @@ const LOG_PAGE_LINES: i64 = 1000;
 /// Largest `limit` of a log page.
 const MAX_LOG_LIMIT: i64 = 10_000;
 
-/// Latest accepted delayed start, from now (`run_at` or `delay`).
-pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// A `run_at` at most this far in the past means "now" (clocks of clients differ); one
-/// further in the past is refused.
-pub const PAST_TOLERANCE: Duration = Duration::from_secs(60);
+/// The latest start a job can be given: 9999-12-31T23:59:59.999Z, the last time RFC 3339
+/// can write. A later `run_at` or a longer `delay` is taken as this.
+pub const LATEST_START_MS: i64 = 253_402_300_799_999;
 
 /// The body of a start request.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -44,13 +42,17 @@ pub struct CreateJob {
     #[schema(value_type = Object)]
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Start no earlier than this time (RFC 3339 with any offset, e.g.
-    /// "2026-11-22T03:00:00+01:00"): the job is `scheduled` until then. At most a year
-    /// ahead; up to 60 s in the past means now; further in the past is refused (422).
-    /// Not together with `delay`.
+    /// "2026-11-22T03:00:00+01:00"): the job is `scheduled` until then. A time in the past
+    /// means now (as Sidekiq's `perform_at` and River's `ScheduledAt`). Not together with
+    /// `delay`.
     #[schema(format = DateTime)]
     pub run_at: Option<String>,
-    /// Start after this long, e.g. "10m", "2h 30m" (at most a year). Not together with
-    /// `run_at`.
+    /// Start after this long, e.g. "10m", "2h 30m" (numbers with ms, s, m, h or d; the
+    /// server also takes longer unit names such as "2hours"). Not together with `run_at`.
+    #[schema(
+        pattern = r"^[0-9]{1,6}(ms|s|m|h|d)( [0-9]{1,6}(ms|s|m|h|d)){0,3}$",
+        max_length = 64
+    )]
     pub delay: Option<String>,
 }
 
@@ -71,6 +73,10 @@ pub struct BatchJob {
     #[schema(format = DateTime)]
     pub run_at: Option<String>,
     /// As `delay` of a single start.
+    #[schema(
+        pattern = r"^[0-9]{1,6}(ms|s|m|h|d)( [0-9]{1,6}(ms|s|m|h|d)){0,3}$",
+        max_length = 64
+    )]
     pub delay: Option<String>,
 }
 
@@ -173,7 +179,6 @@ fn start_time(
     at: &str,
 ) -> Result<Option<i64>, ApiError> {
     let now = crate::jobs::store::now_ms();
-    let max = MAX_DELAY.as_millis() as i64;
     match (run_at, delay) {
         (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(ApiError::Unprocessable(format!(
@@ -187,17 +192,8 @@ fn start_time(
                     ))
                 })?
                 .timestamp_millis();
-            if t < now - PAST_TOLERANCE.as_millis() as i64 {
-                return Err(ApiError::Unprocessable(format!(
-                    "{at}`run_at` `{raw}` is in the past; omit it to start now, or give a future time"
-                )));
-            }
-            if t > now + max {
-                return Err(ApiError::Unprocessable(format!(
-                    "{at}`run_at` `{raw}` is more than a year ahead; the latest accepted start is a year from now"
-                )));
-            }
-            Ok(Some(t))
+            // A time that has passed means now.
+            Ok((t > now).then_some(t.min(LATEST_START_MS)))
         }
         (None, Some(raw)) => {
             let d = humantime::parse_duration(raw).map_err(|e| {
@@ -205,12 +201,8 @@ fn start_time(
                     "{at}`delay` `{raw}` is not a duration ({e}); write e.g. \"10m\" or \"2h 30m\""
                 ))
             })?;
-            if d > MAX_DELAY {
-                return Err(ApiError::Unprocessable(format!(
-                    "{at}`delay` `{raw}` is longer than a year; the longest accepted delay is \"365days\""
-                )));
-            }
-            Ok(Some(now + d.as_millis() as i64))
+            let d = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            Ok((d > 0).then_some(now.saturating_add(d).min(LATEST_START_MS)))
         }
     }
 }
@@ -254,9 +246,9 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
 /// Start a job of a task.
 ///
 /// Now, or later: `run_at` (RFC 3339) or `delay` ("10m") makes the job `scheduled` until
-/// that time; it then starts within about `jobs.poll_interval`. A `run_at` up to 60 s in
-/// the past means now; further in the past, more than a year ahead, unparsable, or both
-/// fields given: 422 naming the field.
+/// that time; it then starts within about `jobs.poll_interval`. A `run_at` in the past
+/// means now; one past 9999-12-31 is taken as that day. Unparsable, or both fields given:
+/// 422 naming the field.
 #[utoipa::path(
     post,
     path = "/v1/tasks/{task}/jobs",
@@ -275,7 +267,7 @@ async fn load_job(state: &AppState, raw_id: &str, caller: &Caller) -> Result<Job
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 409, description = "The Idempotency-Key was used with other parameters", body = ErrorBody),
-        (status = 422, description = "Parameters refused, or `run_at`/`delay` refused (unparsable, both given, more than 60 s in the past, more than a year ahead)", body = ErrorBody),
+        (status = 422, description = "Parameters refused, or `run_at`/`delay` refused (unparsable, or both given)", body = ErrorBody),
         (status = 503, description = "Stopping or database unavailable", body = ErrorBody)
     ),
     security((), ("bearer" = []))
@@ -753,20 +745,23 @@ fn push_lines(text: &mut String, lines: &[OutputLine]) {
     }
 }
 
-/// New lines as they are written, until the job ends, `limit` lines were sent, or this
-/// process starts to stop (the stream then ends cleanly; a client reconnects to the next
-/// process).
+/// New lines as they are written, until the job ends, `limit` lines were sent,
+/// `http.follow_max` passed, or this process starts to stop (the stream then ends cleanly;
+/// a client asks again from its last line, at the next process after a stop).
 fn follow_stream(
     state: AppState,
     job_id: i64,
     after: i64,
     limit: Option<i64>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let poll = state
-        .config()
+    let config = state.config();
+    let poll = config
         .jobs
         .log_flush_interval
         .max(Duration::from_millis(100));
+    // Every wait has an end: past http.follow_max the stream ends cleanly, and a client
+    // asks again from its last line (as after a restart).
+    let until = tokio::time::Instant::now() + config.http.follow_max;
     futures::stream::unfold(
         (state, after, false, limit.unwrap_or(i64::MAX)),
         move |(state, after, ended, left)| async move {
@@ -804,8 +799,12 @@ fn follow_stream(
                 if state.lifecycle.is_stopping() {
                     return None;
                 }
+                if tokio::time::Instant::now() >= until {
+                    return None;
+                }
                 tokio::select! {
                     _ = state.lifecycle.stopping() => return None,
+                    _ = tokio::time::sleep_until(until) => return None,
                     _ = tokio::time::sleep(poll) => {}
                 }
             }

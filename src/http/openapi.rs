@@ -29,6 +29,28 @@ const TASK_PATHS: [&str; 4] = [
 /// The base document (routes and schemas), made once.
 pub struct BaseDoc(pub Value);
 
+impl BaseDoc {
+    /// The routes' document, with what their derive cannot say: `run_at` and `delay` of a
+    /// start exclude each other.
+    pub fn new() -> Self {
+        let mut doc = serde_json::to_value(super::openapi()).expect("the OpenAPI document is JSON");
+        for name in ["CreateJob", "BatchJob"] {
+            if let Some(Value::Object(schema)) =
+                doc.pointer_mut(&format!("/components/schemas/{name}"))
+            {
+                schema.insert("not".into(), json!({ "required": ["run_at", "delay"] }));
+            }
+        }
+        Self(doc)
+    }
+}
+
+impl Default for BaseDoc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let tasks = state.tasks();
     let visible: Vec<&Arc<Task>> = match state.auth().authenticate(&headers) {
