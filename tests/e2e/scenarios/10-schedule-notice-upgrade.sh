@@ -43,14 +43,15 @@ waiting_ticks() {
 scenario_main() {
   export -f waiting_ticks
   export E2E_HTTP_PORT
-  local key="$E2E_WORK/notice.key" out="$E2E_WORK/notices.jsonl" receiver slow next result
+  local key="$E2E_WORK/notice.key" out="$E2E_WORK/notices.jsonl" slow next result
   rm -f "$out"
   head -c 32 /dev/urandom | base64 >"$key"
   ns_put /etc/shiftd/notice.key 0640 <"$key"
   ns_exec chown root:shiftd /etc/shiftd/notice.key
   timeout -k 5 280 "${E2E_PY[@]}" receiver --port "$E2E_NOTICE_PORT" --key-file "$key" --out "$out" &
-  receiver=$!
-  trap 'kill "$receiver" 2>/dev/null || true' EXIT
+  # Global: the EXIT trap runs after scenario_main has returned.
+  NOTICE_RECEIVER=$!
+  trap 'kill "${NOTICE_RECEIVER-}" 2>/dev/null || true' EXIT
 
   local schedule='schedule = "*/2 * * * * *"'
   tasks_config "$schedule" | write_config /dev/stdin
