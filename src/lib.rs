@@ -9,7 +9,8 @@ pub mod db;
 pub mod dbfault;
 pub mod http;
 pub mod jobs;
-pub mod lifecycle;
+/// The lifecycle, its own crate: it knows nothing of jobs, routes or SQL.
+pub use shiftd_lifecycle as lifecycle;
 pub mod logging;
 pub mod notices;
 pub mod redact;

@@ -19,7 +19,7 @@ pub struct Listener {
     pub local_addr: SocketAddr,
 }
 
-/// Sockets systemd passed to this process, read once at startup (see [`crate::lifecycle::SystemdEnv`]).
+/// Sockets systemd passed to this process, read once at startup (see [`crate::SystemdEnv`]).
 #[derive(Debug, Clone, Default)]
 pub struct ActivatedFds(pub Vec<(RawFd, String)>);
 

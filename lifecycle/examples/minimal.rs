@@ -1,10 +1,10 @@
-//! The smallest service on `shiftd::lifecycle`: an axum app with no database that still
+//! The smallest service on `shiftd_lifecycle`: an axum app with no database that still
 //! gets READY/STATUS/STOPPING, socket activation, signals (stop, fast stop, reload, report),
 //! the watchdog, a drain bounded by its budget, and the hand-over to a new binary with no
 //! gap (SIGUSR2, or a client on the control socket as `shiftd reload` is).
 //!
 //! ```sh
-//! cargo run --example minimal                      # serves on 127.0.0.1:3000
+//! cargo run -p shiftd-lifecycle --example minimal # serves on 127.0.0.1:3000
 //! systemd-socket-activate -l 127.0.0.1:3000 target/debug/examples/minimal
 //! kill -USR2 <pid>                                 # a new process takes over the socket
 //! ```
@@ -16,8 +16,8 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use futures::future::{BoxFuture, FutureExt};
-use shiftd::lifecycle::{
-    self, App, HandOverSettings, Lifecycle, Notifier, Report, Settings, Stage, SystemdEnv,
+use shiftd_lifecycle::{
+    App, HandOverSettings, Lifecycle, Notifier, Report, Settings, Stage, SystemdEnv,
 };
 
 /// The lifecycle's settings; a real service reads them from its configuration.
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("start the runtime");
     runtime.block_on(async {
-        let signals = lifecycle::signals::os_signals().expect("install signal handlers");
+        let signals = shiftd_lifecycle::signals::os_signals().expect("install signal handlers");
         let mut life = Lifecycle::new(SETTINGS, systemd, Notifier::Systemd, signals);
         // Hand-over: SIGUSR2 (or a request on this control socket) starts this same program
         // with the listening socket; it takes over once its own startup is done.

@@ -3,7 +3,7 @@
 //!
 //! This module knows nothing about jobs, routes or SQL. An application hands it a
 //! [`Router`], an [`App`] (reload, report, stop plan) and its startup steps; see
-//! `examples/minimal.rs` for the smallest one. Signals and `$NOTIFY_SOCKET` are read here
+//! `lifecycle/examples/minimal.rs` for the smallest one. Signals and `$NOTIFY_SOCKET` are read here
 //! and nowhere else.
 
 pub mod control;

@@ -1,6 +1,6 @@
 //! The stop, as an ordered list of stages with budgets, and the one loop that runs it.
 //!
-//! The application declares the list once (see `crate::service::stop_plan`); this module
+//! The application declares the list once (shiftd: `shiftd::service::stop_plan`); this module
 //! runs each stage under its deadline, sends `EXTEND_TIMEOUT_USEC` heartbeats while the
 //! stop is within `shutdown.grace`, logs each stage's duration and outcome, and turns a
 //! second stop signal into "skip the waiting".

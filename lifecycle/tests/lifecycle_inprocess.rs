@@ -1,11 +1,11 @@
-//! The lifecycle in-process: `shiftd::lifecycle::Lifecycle` serving a small axum app, with
+//! The lifecycle in-process: `shiftd_lifecycle::Lifecycle` serving a small axum app, with
 //! notifications on a channel and signals fed from a channel, so the drain, the stage
 //! budgets, the heartbeats and startup steps can be held and released exactly.
 //!
 //! Handlers that must stay in flight wait on a `tokio::sync::Notify`, as in axum's
 //! graceful-shutdown example test; nothing here sleeps to make something happen.
 
-mod common;
+mod support;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,13 +16,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use common::*;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use shiftd::lifecycle::{
+use shiftd_lifecycle::{
     App, Handle, Lifecycle, Notifier, Report, Settings, Signal, Stage, StageOutcome, StartupError,
     Step, StopReport, SystemdEnv,
 };
+use support::*;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
