@@ -7,10 +7,6 @@ use crate::cli::exit;
 use crate::config::{fmt_duration, Config};
 use crate::unitcheck::{check_installed_unit, Budgets, UnitFit};
 
-/// The startup steps each bounded by `startup.step_timeout`: listener, database connect,
-/// migrate, warm-up.
-pub const STARTUP_STEPS: u32 = 4;
-
 /// How much `shiftd check` says and asks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -52,21 +48,17 @@ pub fn run(path: Option<&Path>, options: Options) -> u8 {
     }
     let s = &config.shutdown;
     say(&format!(
-        "# stop budget: {} of shutdown.grace {} (http_drain {} + 1s to cut + jobs_drain {} + {} to stop jobs (longest kill_grace + 1s) + flush {} + db_close {})",
+        "# stop budget: {} of shutdown.grace {} ({})",
         fmt_duration(config.stop_budget()),
         fmt_duration(s.grace),
-        fmt_duration(s.http_drain),
-        fmt_duration(s.jobs_drain),
-        fmt_duration(config.jobs_cut_allowance()),
-        fmt_duration(s.flush),
-        fmt_duration(s.db_close)
+        config.explain_stop_budget()
     ));
     if options.skip_unit {
         return exit::OK;
     }
     let budgets = Budgets {
         stop_grace: s.grace,
-        startup_total: config.startup.step_timeout * STARTUP_STEPS,
+        startup_total: crate::service::startup_budget(&config),
     };
     match check_installed_unit("shiftd", &budgets) {
         UnitFit::Skipped(why) => {

@@ -13,9 +13,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Where the packaged configuration lives; used when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/shiftd/shiftd.toml";
 
-/// Time a stage gets after its budget to close what is still open (connections).
-pub const HTTP_CUT_ALLOWANCE: Duration = crate::lifecycle::stages::HTTP_CUT_ALLOWANCE;
-
 /// Time to write a stopped job back to the queue after its last SIGKILL.
 pub const REQUEUE_ALLOWANCE: Duration = Duration::from_secs(1);
 
@@ -616,25 +613,42 @@ impl Config {
     }
 
     /// What the stop stages may take together, allowances included; must not exceed
-    /// `shutdown.grace`.
+    /// `shutdown.grace`. Summed from the stop plan's own stages.
     pub fn stop_budget(&self) -> Duration {
-        let s = &self.shutdown;
-        s.http_drain
-            + HTTP_CUT_ALLOWANCE
-            + s.jobs_drain
-            + self.jobs_cut_allowance()
-            + s.flush
-            + s.db_close
+        crate::lifecycle::stop_budget(&crate::service::stop_stages(self))
     }
 
-    /// After `jobs_drain`, the jobs stage stops what still runs: SIGTERM, `kill_grace`,
-    /// SIGKILL, then the requeue is written.
-    pub fn jobs_cut_allowance(&self) -> Duration {
-        self.max_kill_grace() + REQUEUE_ALLOWANCE
+    /// What [`Config::stop_budget`] adds up, stage by stage, e.g. "http_drain 30s + 1s to
+    /// cut + jobs_drain 60s + …".
+    pub fn explain_stop_budget(&self) -> String {
+        crate::lifecycle::explain_stop_budget(&crate::service::stop_stages(self))
     }
 
     /// Checks every rule that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_http()?;
+        self.validate_database()?;
+        positive("startup.step_timeout", self.startup.step_timeout)?;
+        self.validate_shutdown()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            ConfigError::new(
+                "log.level",
+                format!(
+                    "`{}` is not a filter like `info` or `shiftd=debug`: {e}",
+                    self.log.level
+                ),
+            )
+        })?;
+        self.validate_jobs()?;
+        self.validate_auth()?;
+        for (name, task) in &self.tasks {
+            task.validate(name)?;
+        }
+        self.notices.validate()?;
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
         self.http.listen.parse::<SocketAddr>().map_err(|_| {
             ConfigError::new(
                 "http.listen",
@@ -654,6 +668,10 @@ impl Config {
                 "must be at least 1 byte",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_database(&self) -> Result<(), ConfigError> {
         let url = &self.database.url;
         if !(url.is_empty()
             || url.starts_with("sqlite:")
@@ -671,8 +689,11 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        positive("database.connect_timeout", self.database.connect_timeout)?;
-        positive("startup.step_timeout", self.startup.step_timeout)?;
+        positive("database.connect_timeout", self.database.connect_timeout)
+    }
+
+    /// Each budget positive, and the stop plan's stages within the grace.
+    fn validate_shutdown(&self) -> Result<(), ConfigError> {
         let s = &self.shutdown;
         positive("shutdown.grace", s.grace)?;
         positive("shutdown.flush", s.flush)?;
@@ -681,26 +702,17 @@ impl Config {
             return Err(ConfigError::new(
                 "shutdown.grace",
                 format!(
-                    "the stages need {} (http_drain {} + 1s to cut + jobs_drain {} + {} to stop jobs (longest kill_grace + 1s) + flush {} + db_close {}) but grace is {}; raise shutdown.grace or lower a stage",
+                    "the stages need {} ({}) but grace is {}; raise shutdown.grace or lower a stage",
                     fmt_duration(self.stop_budget()),
-                    fmt_duration(s.http_drain),
-                    fmt_duration(s.jobs_drain),
-                    fmt_duration(self.jobs_cut_allowance()),
-                    fmt_duration(s.flush),
-                    fmt_duration(s.db_close),
+                    self.explain_stop_budget(),
                     fmt_duration(s.grace)
                 ),
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            ConfigError::new(
-                "log.level",
-                format!(
-                    "`{}` is not a filter like `info` or `shiftd=debug`: {e}",
-                    self.log.level
-                ),
-            )
-        })?;
+        Ok(())
+    }
+
+    fn validate_jobs(&self) -> Result<(), ConfigError> {
         if self.jobs.workers == 0 {
             return Err(ConfigError::new("jobs.workers", "must be at least 1"));
         }
@@ -741,6 +753,10 @@ impl Config {
                 "must be at least 1s (it is renewed at a third of it)",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         for (i, token) in self.auth.tokens.iter().enumerate() {
             let key = format!("auth.tokens[{i}]");
             if token.name.is_empty() {
@@ -759,10 +775,6 @@ impl Config {
                 }
             }
         }
-        for (name, task) in &self.tasks {
-            task.validate(name)?;
-        }
-        self.notices.validate()?;
         Ok(())
     }
 }

@@ -11,13 +11,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use crate::config::REQUEUE_ALLOWANCE;
 use crate::config::{Config, ConfigError};
 use crate::db::{self, Db};
 use crate::http::{self, AppState, AppStateInner, Auth, JobsState, LiveSettings, Metrics, Swap};
 use crate::jobs::{Runner, RunnerSettings, Store, Task};
 use crate::lifecycle::{
-    self, App, Lifecycle, Notifier, Report, SignalStream, Stage, StageOutcome, StartupError, Step,
-    StopReport, SystemdEnv,
+    self, App, Lifecycle, Notifier, Report, SettingNames, SignalStream, Stage, StageOutcome,
+    StageSpec, StartupError, Step, StopReport, SystemdEnv,
 };
 use crate::logging::LogControl;
 
@@ -36,6 +37,13 @@ pub struct ServeOptions {
     pub hand_over: bool,
 }
 
+/// What shiftd's configuration calls the lifecycle's settings, for the messages that name them.
+pub const SETTING_NAMES: SettingNames = SettingNames {
+    listen: "http.listen",
+    step_timeout: "startup.step_timeout",
+    grace: "shutdown.grace",
+};
+
 /// The lifecycle's part of the configuration.
 pub fn lifecycle_settings(config: &Config) -> lifecycle::Settings {
     lifecycle::Settings {
@@ -43,7 +51,23 @@ pub fn lifecycle_settings(config: &Config) -> lifecycle::Settings {
         step_timeout: config.startup.step_timeout,
         grace: config.shutdown.grace,
         idle_close: config.shutdown.idle_close,
+        names: SETTING_NAMES,
     }
+}
+
+const DATABASE_CONNECT: &str = "database connect";
+const MIGRATE: &str = "migrate";
+const WARM_UP: &str = "warm-up";
+
+/// The startup steps [`start`] runs, in order, each bounded by `startup.step_timeout`. The
+/// unit's `TimeoutStartSec=` and a hand-over's wait are sized from this list
+/// ([`startup_budget`]).
+pub const STARTUP_STEPS: &[&str] = &[lifecycle::LISTENER_STEP, DATABASE_CONNECT, MIGRATE, WARM_UP];
+
+/// The most the startup steps may take together: each of [`STARTUP_STEPS`] at
+/// `startup.step_timeout`.
+pub fn startup_budget(config: &Config) -> Duration {
+    config.startup.step_timeout * STARTUP_STEPS.len() as u32
 }
 
 /// Where `shiftd reload` finds the running process: in the state directory, which the unit
@@ -57,7 +81,7 @@ pub fn control_path() -> PathBuf {
 /// bounded by `startup.step_timeout`. `TimeoutStartSec=` (which also bounds `ExecReload=`)
 /// is this plus a margin, so `shiftd reload` always hears the outcome.
 pub fn hand_over_timeout(config: &Config) -> Duration {
-    config.startup.step_timeout * crate::check::STARTUP_STEPS
+    startup_budget(config)
 }
 
 /// Starts, serves until a stop signal, and stops in order.
@@ -78,6 +102,7 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         life.enable_hand_over(lifecycle::HandOverSettings::from_current_process(
             control_path(),
             hand_over_timeout(&config),
+            SETTING_NAMES.step_timeout,
         ));
     }
     match start(&mut life, config, config_path, log).await {
@@ -102,51 +127,8 @@ async fn start(
     config_path: Option<PathBuf>,
     log: Option<LogControl>,
 ) -> Result<(lifecycle::Listener, axum::Router, Arc<dyn App>), StartupError> {
-    let listener = life.listener(&config.http.listen).await?;
-    let backend = config.backend();
-    let database = config.database.clone();
-    let db = life
-        .step(
-            "database connect",
-            Step::Required,
-            "check database.url and that the database server is up",
-            db::connect(&database, backend),
-        )
-        .await?
-        .expect("required");
-    // The tasks whose jobs get notices are recorded with the schema, before any job can
-    // change state here.
-    let notice_settings =
-        crate::notices::NoticeSettings::from_config(&config).map_err(|e| StartupError::Failed {
-            step: "notices",
-            message: e.to_string(),
-        })?;
-    life.step("migrate", Step::Required, "check the database log", async {
-        db.migrate().await.map_err(|e| e.to_string())?;
-        crate::notices::sync_tasks(&Store::new(&db), &notice_settings)
-            .await
-            .map_err(|e| format!("cannot record which tasks have a notify_url: {e}"))
-    })
-    .await?;
-    life.step(
-        "warm-up",
-        Step::Optional,
-        "readiness probes may be slow at first",
-        warm_up(&db),
-    )
-    .await?;
-
-    let auth = Auth::from_config(&config.auth).map_err(|e| StartupError::Failed {
-        step: "auth",
-        message: e.to_string(),
-    })?;
-    Task::all(&config.tasks).map_err(|e| StartupError::Failed {
-        step: "tasks",
-        message: e.to_string(),
-    })?;
-    if !auth.enabled() {
-        tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
-    }
+    let (listener, db, notice_settings) = timed_steps(life, &config).await?;
+    let auth = auth_and_tasks(&config)?;
     // Everything that can fail is done: after a hand-over, become the main process before
     // the runner claims a job.
     life.take_over().await?;
@@ -158,29 +140,7 @@ async fn start(
         })?;
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
-    // Notices end as the stop begins: a POST in flight is abandoned, its notice stays in
-    // the outbox for the next process.
-    let notices_stop = tokio_util::sync::CancellationToken::new();
-    {
-        let stopping = life.handle().stopping();
-        let token = notices_stop.clone();
-        tokio::spawn(async move {
-            stopping.await;
-            token.cancel();
-        });
-    }
-    let notices = {
-        let (m1, m2) = (state.metrics.clone(), state.metrics.clone());
-        crate::notices::Deliverer::start(
-            Store::new(&db),
-            notice_settings,
-            notices_stop,
-            crate::notices::Hooks {
-                outcome: Arc::new(move |task: &str, outcome: &str| m1.notice(task, outcome)),
-                pending: Arc::new(move |n: i64| m2.notices_pending(n)),
-            },
-        )
-    };
+    let notices = start_notices(&life.handle(), &state, &db, notice_settings);
     let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,
@@ -188,6 +148,93 @@ async fn start(
         notices,
     });
     Ok((listener, router, app))
+}
+
+/// The steps of [`STARTUP_STEPS`], each under `startup.step_timeout`: the listening socket,
+/// the database, its schema, a warm pool.
+async fn timed_steps(
+    life: &mut Lifecycle,
+    config: &Config,
+) -> Result<(lifecycle::Listener, Db, crate::notices::NoticeSettings), StartupError> {
+    let listener = life.listener(&config.http.listen).await?;
+    let backend = config.backend();
+    let database = config.database.clone();
+    let db = life
+        .step(
+            DATABASE_CONNECT,
+            Step::Required,
+            "check database.url and that the database server is up",
+            db::connect(&database, backend),
+        )
+        .await?
+        .expect("required");
+    // The tasks whose jobs get notices are recorded with the schema, before any job can
+    // change state here.
+    let notice_settings =
+        crate::notices::NoticeSettings::from_config(config).map_err(|e| StartupError::Failed {
+            step: "notices",
+            message: e.to_string(),
+        })?;
+    life.step(MIGRATE, Step::Required, "check the database log", async {
+        db.migrate().await.map_err(|e| e.to_string())?;
+        crate::notices::sync_tasks(&Store::new(&db), &notice_settings)
+            .await
+            .map_err(|e| format!("cannot record which tasks have a notify_url: {e}"))
+    })
+    .await?;
+    life.step(
+        WARM_UP,
+        Step::Optional,
+        "readiness probes may be slow at first",
+        warm_up(&db),
+    )
+    .await?;
+    Ok((listener, db, notice_settings))
+}
+
+/// The tokens and the tasks' rules, checked before this process takes over.
+fn auth_and_tasks(config: &Config) -> Result<Auth, StartupError> {
+    let auth = Auth::from_config(&config.auth).map_err(|e| StartupError::Failed {
+        step: "auth",
+        message: e.to_string(),
+    })?;
+    Task::all(&config.tasks).map_err(|e| StartupError::Failed {
+        step: "tasks",
+        message: e.to_string(),
+    })?;
+    if !auth.enabled() {
+        tracing::warn!("no [[auth.tokens]] configured: anyone who can reach the port may start jobs; add a token to require one");
+    }
+    Ok(auth)
+}
+
+/// Starts notice delivery. It ends as the stop begins: a POST in flight is abandoned, its
+/// notice stays in the outbox for the next process.
+fn start_notices(
+    lifecycle: &lifecycle::Handle,
+    state: &AppState,
+    db: &Db,
+    settings: crate::notices::NoticeSettings,
+) -> crate::notices::Deliverer {
+    let notices_stop = tokio_util::sync::CancellationToken::new();
+    {
+        let stopping = lifecycle.stopping();
+        let token = notices_stop.clone();
+        tokio::spawn(async move {
+            stopping.await;
+            token.cancel();
+        });
+    }
+    let (m1, m2) = (state.metrics.clone(), state.metrics.clone());
+    crate::notices::Deliverer::start(
+        Store::new(db),
+        settings,
+        notices_stop,
+        crate::notices::Hooks {
+            outcome: Arc::new(move |task: &str, outcome: &str| m1.notice(task, outcome)),
+            pending: Arc::new(move |n: i64| m2.notices_pending(n)),
+        },
+    )
 }
 
 /// Why [`app_state`] could not build the state.
@@ -444,32 +491,47 @@ impl App for Shiftd {
     }
 }
 
-/// The stop, in order, each stage with its budget. This list is the only place the order
-/// is written down; ARCHITECTURE.md describes it.
-pub fn stop_plan(config: &Config, db: Db, runner: Runner) -> Vec<Stage> {
+/// The stop, in order, each stage described with its budget: what [`stop_plan`] runs, and
+/// what `Config::validate`, `shiftd check` and `/v1/status` size the stop from
+/// ([`lifecycle::stop_budget`]). This list is the only place the order is written down;
+/// ARCHITECTURE.md describes it.
+pub fn stop_stages(config: &Config) -> Vec<StageSpec> {
     let s = &config.shutdown;
-    let db_close = s.db_close;
-    let flusher = runner.clone();
     vec![
         // 1. STOPPING=1 and readyz 503 happen as the stop begins; then stop accepting.
-        Stage::stop_accepting(),
+        StageSpec::stop_accepting(),
         // 2. In-flight requests finish, answered with `Connection: close`.
-        Stage::http_drain(s.http_drain),
-        // 3. Running jobs: `finish` ones run on, the rest are stopped and requeued.
-        Stage::waiting(
+        StageSpec::http_drain("shutdown.http_drain", s.http_drain),
+        // 3. Running jobs: `finish` ones run on, the rest are stopped and requeued. After
+        //    the drain budget: SIGTERM, `kill_grace`, SIGKILL, then the requeue is written.
+        StageSpec::waiting(
             "jobs",
             "shutdown.jobs_drain",
             s.jobs_drain,
-            config.jobs_cut_allowance(),
-            move |ctx| async move { runner.drain(ctx).await }.boxed(),
+            config.max_kill_grace() + REQUEUE_ALLOWANCE,
         )
+        .cut_note("to stop jobs (longest kill_grace + 1s)")
         .outlasting_hand_over(),
         // 4. Buffers (job output) to the database.
-        Stage::finishing("flush", "shutdown.flush", s.flush, move |_ctx| {
-            async move { flusher.flush().await }.boxed()
-        }),
+        StageSpec::finishing("flush", "shutdown.flush", s.flush),
         // 5. The pool, bounded: sqlx's close() waits forever for connections in use.
-        Stage::finishing("db-close", "shutdown.db_close", db_close, move |_ctx| {
+        StageSpec::finishing("db-close", "shutdown.db_close", s.db_close),
+    ]
+}
+
+/// [`stop_stages`] with their work.
+pub fn stop_plan(config: &Config, db: Db, runner: Runner) -> Vec<Stage> {
+    let db_close = config.shutdown.db_close;
+    let flusher = runner.clone();
+    let [accept, http, jobs, flush, close]: [StageSpec; 5] = stop_stages(config)
+        .try_into()
+        .expect("stop_stages lists five stages");
+    vec![
+        accept.into_stage(),
+        http.into_stage(),
+        jobs.with_work(move |ctx| async move { runner.drain(ctx).await }.boxed()),
+        flush.with_work(move |_ctx| async move { flusher.flush().await }.boxed()),
+        close.with_work(move |_ctx| {
             async move {
                 if db.close(db_close).await {
                     StageOutcome::Done("database pool closed".into())

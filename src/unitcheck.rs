@@ -576,11 +576,10 @@ mod tests {
     #[test]
     fn the_shipped_unit_is_sized_from_the_default_configuration() {
         // TimeoutStopSec = shutdown.grace + STOP_MARGIN, stated as a sum in the unit's comment;
-        // TimeoutStartSec = 4 startup steps (listener, database connect, migrate, warm-up)
-        // at startup.step_timeout + START_MARGIN.
+        // TimeoutStartSec = the startup steps (service::STARTUP_STEPS: listener, database
+        // connect, migrate, warm-up) at startup.step_timeout + START_MARGIN.
         let grace = crate::config::ShutdownConfig::default().grace;
-        let startup_total =
-            crate::check::STARTUP_STEPS * crate::config::StartupConfig::default().step_timeout;
+        let startup_total = crate::service::startup_budget(&crate::config::Config::default());
         let unit = include_str!("../systemd/shiftd.service");
         let setting = |key: &str| {
             let prefix = format!("{key}=");

@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::future::{BoxFuture, FutureExt};
 use shiftd_lifecycle::{
-    App, HandOverSettings, Lifecycle, Notifier, Report, Settings, Stage, SystemdEnv,
+    App, HandOverSettings, Lifecycle, Notifier, Report, SettingNames, Settings, Stage, SystemdEnv,
 };
 
 /// The lifecycle's settings; a real service reads them from its configuration.
@@ -26,6 +26,12 @@ const SETTINGS: Settings = Settings {
     step_timeout: Duration::from_secs(30),
     grace: Duration::from_secs(15),
     idle_close: Duration::from_millis(250),
+    // What the messages tell an operator to change: here, the source.
+    names: SettingNames {
+        listen: "the address in main()",
+        step_timeout: "SETTINGS.step_timeout",
+        grace: "SETTINGS.grace",
+    },
 };
 
 struct Minimal;
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
         life.enable_hand_over(HandOverSettings::from_current_process(
             std::env::temp_dir().join("minimal-example-control.sock"),
             SETTINGS.step_timeout,
+            SETTINGS.names.step_timeout,
         ));
         let listener = match life.listener("127.0.0.1:3000").await {
             Ok(listener) => listener,

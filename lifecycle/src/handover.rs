@@ -65,11 +65,18 @@ pub struct HandOverSettings {
     pub control_path: PathBuf,
     /// How long the new process may take from exec to `ready`: its startup steps.
     pub ready_timeout: Duration,
+    /// The application's name for the setting that sizes `ready_timeout`, named when the new
+    /// process is not ready in time (e.g. `startup.step_timeout`).
+    pub ready_setting: &'static str,
 }
 
 impl HandOverSettings {
     /// This process's own program and arguments.
-    pub fn from_current_process(control_path: PathBuf, ready_timeout: Duration) -> Self {
+    pub fn from_current_process(
+        control_path: PathBuf,
+        ready_timeout: Duration,
+        ready_setting: &'static str,
+    ) -> Self {
         let mut argv = std::env::args_os();
         let argv0 = argv.next().map(PathBuf::from);
         let program = match argv0 {
@@ -87,6 +94,7 @@ impl HandOverSettings {
             args: argv.collect(),
             control_path,
             ready_timeout,
+            ready_setting,
         }
     }
 }
@@ -267,8 +275,12 @@ pub enum HandOverError {
     Failed { pid: i32, why: String },
     #[error("the new process (pid {pid}) exited before it was ready; its own log lines say why")]
     Exited { pid: i32 },
-    #[error("the new process (pid {pid}) was not ready within {limit} and was killed; raise startup.step_timeout if its startup is slow")]
-    TimedOut { pid: i32, limit: String },
+    #[error("the new process (pid {pid}) was not ready within {limit} and was killed; raise {setting} if its startup is slow")]
+    TimedOut {
+        pid: i32,
+        limit: String,
+        setting: &'static str,
+    },
     #[error("{0}")]
     Channel(String),
 }
@@ -280,12 +292,64 @@ pub async fn start(
     fds: &[(&str, RawFd)],
     watchdog: Option<Duration>,
 ) -> Result<Successor, HandOverError> {
-    let (ours, theirs) = StdUnixStream::pair().map_err(|e| HandOverError::Spawn {
-        program: settings.program.display().to_string(),
-        source: e,
+    let ours = spawn(settings, fds, watchdog).await?;
+    ours.set_nonblocking(true)
+        .map_err(|e| HandOverError::Channel(e.to_string()))?;
+    let (read, writer) = UnixStream::from_std(ours)
+        .map_err(|e| HandOverError::Channel(e.to_string()))?
+        .into_split();
+    let mut reader = BufReader::new(read);
+    let deadline = tokio::time::Instant::now() + settings.ready_timeout;
+    let pid = read_pid(&mut reader, deadline).await?;
+    match read_ready(&mut reader, deadline, pid, settings).await {
+        Ok(()) => Ok(Successor {
+            pid,
+            reader,
+            writer,
+        }),
+        Err(e) => {
+            kill(pid);
+            Err(e)
+        }
+    }
+}
+
+/// Starts the new process through a double fork, with the channel's other end and `fds`
+/// inherited; returns this process's end of the channel.
+async fn spawn(
+    settings: &HandOverSettings,
+    fds: &[(&str, RawFd)],
+    watchdog: Option<Duration>,
+) -> Result<StdUnixStream, HandOverError> {
+    let program = settings.program.display().to_string();
+    let (ours, theirs) = StdUnixStream::pair().map_err(|source| HandOverError::Spawn {
+        program: program.clone(),
+        source,
     })?;
     let theirs: OwnedFd = theirs.into();
-    let theirs_fd = theirs.as_raw_fd();
+    let mut command = command(settings, fds, theirs.as_raw_fd(), watchdog);
+    let spawned = tokio::task::spawn_blocking(move || {
+        let result = command
+            .spawn()
+            .and_then(|mut intermediate| intermediate.wait());
+        drop(theirs);
+        result
+    })
+    .await
+    .map_err(|e| HandOverError::Channel(format!("the spawning thread failed: {e}")))?;
+    spawned.map_err(|source| HandOverError::Spawn { program, source })?;
+    Ok(ours)
+}
+
+/// The new process's command: `$SHIFTD_HANDOVER` names the inherited descriptors, systemd's
+/// own variables are not passed on (but the watchdog's interval is), and the double fork
+/// happens before exec.
+fn command(
+    settings: &HandOverSettings,
+    fds: &[(&str, RawFd)],
+    theirs_fd: RawFd,
+    watchdog: Option<Duration>,
+) -> std::process::Command {
     let mut spec = vec![format!("chan={theirs_fd}")];
     spec.extend(fds.iter().map(|(name, fd)| format!("{name}={fd}")));
     let mut command = std::process::Command::new(&settings.program);
@@ -329,79 +393,51 @@ pub async fn start(
             }
         });
     }
-    let program = settings.program.display().to_string();
-    let spawned = tokio::task::spawn_blocking(move || {
-        let result = command
-            .spawn()
-            .and_then(|mut intermediate| intermediate.wait());
-        drop(theirs);
-        result
-    })
-    .await
-    .map_err(|e| HandOverError::Channel(format!("the spawning thread failed: {e}")))?;
-    spawned.map_err(|source| HandOverError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
+    command
+}
 
-    ours.set_nonblocking(true)
-        .map_err(|e| HandOverError::Channel(e.to_string()))?;
-    let (read, writer) = UnixStream::from_std(ours)
-        .map_err(|e| HandOverError::Channel(e.to_string()))?
-        .into_split();
-    let mut reader = BufReader::new(read);
-    let deadline = tokio::time::Instant::now() + settings.ready_timeout;
+/// The pid the grandchild wrote before exec: immediate, but bounded all the same.
+async fn read_pid(
+    reader: &mut BufReader<OwnedReadHalf>,
+    deadline: tokio::time::Instant,
+) -> Result<i32, HandOverError> {
     let mut pid_bytes = [0u8; 4];
-    // The grandchild wrote its pid before exec, so this is immediate; bounded all the same.
     match tokio::time::timeout_at(deadline, reader.read_exact(&mut pid_bytes)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return Err(HandOverError::Channel(format!(
-                "the new process did not say its pid: {e}"
-            )))
-        }
-        Err(_) => {
-            return Err(HandOverError::Channel(
-                "the new process did not say its pid in time".into(),
-            ))
-        }
+        Ok(Ok(_)) => Ok(i32::from_le_bytes(pid_bytes)),
+        Ok(Err(e)) => Err(HandOverError::Channel(format!(
+            "the new process did not say its pid: {e}"
+        ))),
+        Err(_) => Err(HandOverError::Channel(
+            "the new process did not say its pid in time".into(),
+        )),
     }
-    let pid = i32::from_le_bytes(pid_bytes);
+}
+
+/// Waits for `ready` (or `failed <why>`) from the new process until `deadline`.
+async fn read_ready(
+    reader: &mut BufReader<OwnedReadHalf>,
+    deadline: tokio::time::Instant,
+    pid: i32,
+    settings: &HandOverSettings,
+) -> Result<(), HandOverError> {
     let mut line = String::new();
-    let read = tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await;
-    let outcome = match read {
+    match tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await {
         Err(_) => Err(HandOverError::TimedOut {
             pid,
             limit: humantime::format_duration(settings.ready_timeout).to_string(),
+            setting: settings.ready_setting,
         }),
         Ok(Ok(0)) | Ok(Err(_)) => Err(HandOverError::Exited { pid }),
-        Ok(Ok(_)) => {
-            let line = line.trim_end();
-            if line == "ready" {
-                Ok(())
-            } else if let Some(why) = line.strip_prefix("failed ") {
-                Err(HandOverError::Failed {
-                    pid,
-                    why: why.to_string(),
-                })
-            } else {
-                Err(HandOverError::Failed {
-                    pid,
-                    why: format!("unexpected message {line:?}"),
-                })
-            }
-        }
-    };
-    match outcome {
-        Ok(()) => Ok(Successor {
-            pid,
-            reader,
-            writer,
-        }),
-        Err(e) => {
-            kill(pid);
-            Err(e)
-        }
+        Ok(Ok(_)) => match line.trim_end() {
+            "ready" => Ok(()),
+            line => Err(HandOverError::Failed {
+                pid,
+                why: match line.strip_prefix("failed ") {
+                    Some(why) => why.to_string(),
+                    None => format!("unexpected message {line:?}"),
+                },
+            }),
+        },
     }
 }
 

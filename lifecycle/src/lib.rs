@@ -10,14 +10,16 @@ pub mod control;
 pub mod handover;
 pub mod listener;
 pub mod notify;
-pub mod server;
+mod serve;
+mod server;
 pub mod signals;
 pub mod stages;
+mod stop;
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -30,18 +32,18 @@ pub use control::HandOverRequest;
 pub use handover::{HandOverSettings, StopRequest};
 pub use listener::{ActivatedFds, Listener, Origin};
 pub use notify::{Message, Notifier};
-pub use server::{ConnectionSettings, Counters};
+use server::Counters;
 pub use signals::{Signal, SignalStream};
-pub use stages::{Stage, StageContext, StageOutcome, StopReport};
-
-use server::Server;
+pub use stages::{
+    explain_stop_budget, stop_budget, Stage, StageContext, StageOutcome, StageSpec, StopReport,
+};
 
 /// How often startup steps send `EXTEND_TIMEOUT_USEC`, and how far each extends.
 const STARTUP_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const STARTUP_HEARTBEAT_EXTENDS: Duration = Duration::from_secs(3);
 
-/// How often STATUS= is refreshed from the app's report while serving (sent only if changed).
-const STATUS_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// The name of the startup step [`Lifecycle::listener`] runs.
+pub const LISTENER_STEP: &str = "listener";
 
 /// What systemd (or the process this one took over from) passed in the environment, read
 /// once before any thread starts and then removed, so job processes do not inherit it.
@@ -98,6 +100,21 @@ pub struct Settings {
     pub step_timeout: Duration,
     pub grace: Duration,
     pub idle_close: Duration,
+    /// What the application calls these settings, for the messages that name them.
+    pub names: SettingNames,
+}
+
+/// The application's names for the settings the lifecycle's messages ask an operator to
+/// change, as in "raise shutdown.grace". The lifecycle has no configuration file of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingNames {
+    /// The address to bind when no socket is passed, e.g. `http.listen`.
+    pub listen: &'static str,
+    /// The bound of each startup step, a reload and a hand-over, e.g. `startup.step_timeout`.
+    pub step_timeout: &'static str,
+    /// The bound of the whole stop, e.g. `shutdown.grace`; also named when a stage without
+    /// a setting of its own is cut.
+    pub grace: &'static str,
 }
 
 /// Where the service is in its life; shown by STATUS=, `/readyz` and `/v1/status`.
@@ -108,8 +125,11 @@ pub enum State {
     Starting = 0,
     Ready = 1,
     Reloading = 2,
+    /// The stop has begun: see [`Handle::is_stopping`].
     Draining = 3,
-    Stopping = 4,
+    /// The stop is over (shown as "stopping": the process is about to exit).
+    #[serde(rename = "stopping")]
+    Stopped = 4,
 }
 
 impl State {
@@ -119,7 +139,7 @@ impl State {
             1 => State::Ready,
             2 => State::Reloading,
             3 => State::Draining,
-            _ => State::Stopping,
+            _ => State::Stopped,
         }
     }
 
@@ -129,7 +149,7 @@ impl State {
             State::Ready => "ready",
             State::Reloading => "reloading",
             State::Draining => "draining",
-            State::Stopping => "stopping",
+            State::Stopped => "stopping",
         }
     }
 }
@@ -160,6 +180,18 @@ impl Handle {
         }
     }
 
+    /// A handle to no running lifecycle: "starting", never stopping, no requests. For
+    /// tests of code that takes a handle (an application's routes) without serving.
+    ///
+    /// ```
+    /// let handle = shiftd_lifecycle::Handle::detached();
+    /// assert_eq!(handle.state(), shiftd_lifecycle::State::Starting);
+    /// assert!(!handle.is_stopping());
+    /// ```
+    pub fn detached() -> Self {
+        Self::new()
+    }
+
     pub fn state(&self) -> State {
         State::from_u8(self.inner.state.load(Ordering::Acquire))
     }
@@ -168,7 +200,7 @@ impl Handle {
         self.inner.state.store(state as u8, Ordering::Release);
     }
 
-    /// True from the moment the stop begins.
+    /// True from the moment the stop begins ([`State::Draining`], then [`State::Stopped`]).
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.is_cancelled()
     }
@@ -223,11 +255,13 @@ pub enum Step {
 pub enum StartupError {
     #[error("startup step `{step}` failed: {message}")]
     Failed { step: &'static str, message: String },
-    #[error("startup step `{step}` did not finish within {limit}; {hint}, or raise startup.step_timeout")]
+    #[error("startup step `{step}` did not finish within {limit}; {hint}, or raise {setting}")]
     TimedOut {
         step: &'static str,
         limit: String,
-        hint: &'static str,
+        hint: String,
+        /// The application's name for the step timeout ([`SettingNames::step_timeout`]).
+        setting: &'static str,
     },
     #[error("a stop was requested during startup step `{step}`")]
     Interrupted { step: &'static str },
@@ -249,19 +283,6 @@ pub struct Lifecycle {
     /// `NotifyAccess=main` systemd would refuse (and log) what it says before. Its notifier
     /// waits here, muted, until then.
     held_notifier: Option<Notifier>,
-}
-
-/// How the serving phase ended.
-enum End {
-    Stop { fast: bool },
-    HandedOver(handover::SuccessorLink),
-}
-
-/// How a hand-over attempt ended.
-enum HandOverEnd {
-    Done(handover::SuccessorLink),
-    Failed(String),
-    Stopped { fast: bool },
 }
 
 impl Lifecycle {
@@ -374,7 +395,8 @@ impl Lifecycle {
         );
     }
 
-    /// Runs one startup step under `startup.step_timeout`, logging its duration.
+    /// Runs one startup step under the step timeout ([`Settings::step_timeout`]), logging
+    /// its duration.
     ///
     /// A failing required step is an error; a failing optional one logs a warning and
     /// gives `Ok(None)`. While it runs, `EXTEND_TIMEOUT_USEC` keeps systemd's start
@@ -383,68 +405,75 @@ impl Lifecycle {
         &mut self,
         name: &'static str,
         kind: Step,
-        hint: &'static str,
+        hint: &str,
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<Option<T>, StartupError> {
-        self.notifier.status(format!("starting: {name}"));
         let started = Instant::now();
-        let deadline = started + self.settings.step_timeout;
-        tokio::pin!(work);
-        let mut heartbeat = tokio::time::interval(STARTUP_HEARTBEAT_EVERY);
-        let result = loop {
-            tokio::select! {
-                result = work.as_mut() => break result.map_err(|e| e.to_string()),
-                _ = tokio::time::sleep_until(deadline) => {
-                    break Err(String::new());
-                }
-                _ = heartbeat.tick() => {
-                    if started.elapsed() >= STARTUP_HEARTBEAT_EVERY {
-                        self.notifier.send(&[Message::ExtendTimeout(STARTUP_HEARTBEAT_EXTENDS)]);
-                    }
-                }
-                signal = self.signals.next() => match signal {
-                    Some(Signal::Stop | Signal::FastStop) | None => {
-                        tracing::info!(step = name, "stop requested during startup; exiting");
-                        return Err(StartupError::Interrupted { step: name });
-                    }
-                    Some(other) => tracing::info!(step = name, signal = ?other, "ignoring {other:?} during startup"),
-                },
-            }
-        };
-        let took = started.elapsed();
-        match result {
-            Ok(value) => {
+        let err = match self.run_step(name, work).await? {
+            StepEnd::Done(value) => {
+                let took = started.elapsed();
                 tracing::info!(
                     step = name,
                     duration_ms = took.as_millis() as u64,
                     "startup step {name} done in {took:.0?}"
                 );
-                Ok(Some(value))
+                return Ok(Some(value));
             }
-            Err(message) => {
-                let err = if message.is_empty() {
-                    StartupError::TimedOut {
-                        step: name,
-                        limit: humantime::format_duration(self.settings.step_timeout).to_string(),
-                        hint,
-                    }
-                } else {
-                    StartupError::Failed {
-                        step: name,
-                        message: format!("{message}; {hint}"),
-                    }
-                };
-                match kind {
-                    Step::Required => Err(err),
-                    Step::Optional => {
-                        tracing::warn!(
-                            step = name,
-                            duration_ms = took.as_millis() as u64,
-                            "{err}; continuing without it"
-                        );
-                        Ok(None)
+            StepEnd::Failed(message) => StartupError::Failed {
+                step: name,
+                message: format!("{message}; {hint}"),
+            },
+            StepEnd::TimedOut => StartupError::TimedOut {
+                step: name,
+                limit: humantime::format_duration(self.settings.step_timeout).to_string(),
+                hint: hint.to_string(),
+                setting: self.settings.names.step_timeout,
+            },
+        };
+        match kind {
+            Step::Required => Err(err),
+            Step::Optional => {
+                tracing::warn!(
+                    step = name,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "{err}; continuing without it"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs `work` until it ends or its deadline passes, sending heartbeats; a stop signal
+    /// interrupts it (`Err`).
+    async fn run_step<T, E: std::fmt::Display>(
+        &mut self,
+        name: &'static str,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<StepEnd<T>, StartupError> {
+        self.notifier.status(format!("starting: {name}"));
+        let started = Instant::now();
+        let deadline = started + self.settings.step_timeout;
+        tokio::pin!(work);
+        let mut heartbeat = tokio::time::interval(STARTUP_HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                result = work.as_mut() => return Ok(match result {
+                    Ok(value) => StepEnd::Done(value),
+                    Err(e) => StepEnd::Failed(e.to_string()),
+                }),
+                _ = tokio::time::sleep_until(deadline) => return Ok(StepEnd::TimedOut),
+                _ = heartbeat.tick() => {
+                    if started.elapsed() >= STARTUP_HEARTBEAT_EVERY {
+                        self.notifier.send(&[Message::ExtendTimeout(STARTUP_HEARTBEAT_EXTENDS)]);
                     }
                 }
+                signal = self.signals.next() => match (asked(signal), signal) {
+                    (Asked::Stop(_), _) | (_, None) => {
+                        tracing::info!(step = name, "stop requested during startup; exiting");
+                        return Err(StartupError::Interrupted { step: name });
+                    }
+                    (_, Some(other)) => tracing::info!(step = name, signal = ?other, "ignoring {other:?} during startup"),
+                },
             }
         }
     }
@@ -453,12 +482,13 @@ impl Lifecycle {
     pub async fn listener(&mut self, listen: &str) -> Result<Listener, StartupError> {
         let fds = self.systemd.fds.clone();
         let listen = listen.to_string();
+        let setting = self.settings.names.listen;
         let listener = self
             .step(
-                "listener",
+                LISTENER_STEP,
                 Step::Required,
-                "check http.listen and the .socket unit",
-                async move { listener::acquire(&fds, &listen).await },
+                &format!("check {setting} and the .socket unit"),
+                async move { listener::acquire(&fds, &listen, setting).await },
             )
             .await?
             .expect("a required step gives a value");
@@ -472,500 +502,46 @@ impl Lifecycle {
     /// Sends READY=1 first (after a hand-over, the predecessor sent it with `MAINPID=`): call
     /// it only once every startup step is done.
     pub async fn serve(self, listener: Listener, router: Router, app: Arc<dyn App>) -> StopReport {
-        let Lifecycle {
-            mut notifier,
-            mut signals,
-            systemd,
-            mut settings,
-            handle,
-            hand_over,
-            control,
-            predecessor,
-            held_notifier: _,
-        } = self;
-        let http_fd = listener.socket.as_raw_fd();
-        let connection_settings = Arc::new(RwLock::new(ConnectionSettings {
-            header_read_timeout: settings.header_read_timeout,
-            idle_close: settings.idle_close,
-        }));
-        let mut server = Server::spawn(
-            listener,
-            router,
-            connection_settings.clone(),
-            handle.inner.stopping.clone(),
-            handle.inner.counters.clone(),
-        );
-        // This process accepts now; the predecessor may stop accepting.
-        let predecessor = match predecessor {
-            Some(p) => Some(p.serving().await),
-            None => None,
-        };
-        let control_fd = control.as_ref().map(|c| c.listener.as_raw_fd());
-        let control_stop = CancellationToken::new();
-        let (control_tx, mut control_rx) = tokio::sync::mpsc::channel::<HandOverRequest>(4);
-        if let Some(control) = control {
-            control.spawn(control_tx, control_stop.clone());
-        }
-        // WATCHDOG_USEC=0 is no watchdog (libsystemd rejects it), and a zero period would
-        // panic in `tokio::time::interval`.
-        let watchdog_interval = systemd.watchdog.filter(|interval| !interval.is_zero());
-        let mut watchdog_task =
-            watchdog_interval.map(|interval| tokio::spawn(watchdog(notifier.clone(), interval)));
+        let mut serving = serve::Serving::begin(self, listener, router, app).await;
+        let kind = serving.serve_until_stop().await;
+        serving.stop(kind).await
+    }
+}
 
-        handle.set_state(State::Ready);
-        if predecessor.is_some() {
-            // READY=1 went out with MAINPID= in the predecessor's last message.
-            notifier.send(&[Message::Status(app.report().status_line)]);
-            tracing::info!(
-                uptime_ms = handle.uptime().as_millis() as u64,
-                "took over; serving"
-            );
-        } else {
-            notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
-            tracing::info!(uptime_ms = handle.uptime().as_millis() as u64, "ready");
-        }
+/// How a startup step's work ended.
+enum StepEnd<T> {
+    Done(T),
+    Failed(String),
+    TimedOut,
+}
 
-        let mut status_line = app.report().status_line;
-        let mut status_refresh = tokio::time::interval(STATUS_REFRESH_EVERY);
-        let end = loop {
-            let (signal, request) = tokio::select! {
-                signal = signals.next() => (Some(signal), None),
-                Some(request) = control_rx.recv() => (None, Some(request)),
-                _ = status_refresh.tick() => {
-                    // STATUS= tells the truth between state changes too (queue depth, jobs).
-                    let line = app.report().status_line;
-                    if line != status_line {
-                        notifier.status(line.clone());
-                        status_line = line;
-                    }
-                    continue;
-                }
-            };
-            let reply = match (signal, request) {
-                (Some(Some(Signal::Stop) | None), _) => break End::Stop { fast: false },
-                (Some(Some(Signal::FastStop)), _) => break End::Stop { fast: true },
-                (Some(Some(Signal::Report)), _) => {
-                    log_report(&handle, &notifier, &*app);
-                    continue;
-                }
-                (Some(Some(Signal::Reload)), _) => {
-                    match reload_in_process(&handle, &notifier, &mut signals, &*app, settings).await
-                    {
-                        Ok(new) => {
-                            settings = new;
-                            *connection_settings.write().expect("settings lock poisoned") =
-                                ConnectionSettings {
-                                    header_read_timeout: new.header_read_timeout,
-                                    idle_close: new.idle_close,
-                                };
-                        }
-                        Err(fast) => break End::Stop { fast },
-                    }
-                    continue;
-                }
-                (Some(Some(Signal::HandOver)), _) => None,
-                (None, Some(request)) => Some(request.reply),
-                (None, None) => continue,
-            };
-            let mut fds = vec![("http", http_fd)];
-            if let Some(fd) = control_fd {
-                fds.push(("control", fd));
-            }
-            let outcome = hand_over_to_new_process(
-                hand_over.as_ref(),
-                &fds,
-                watchdog_interval,
-                &handle,
-                &notifier,
-                &mut signals,
-                &mut control_rx,
-                &*app,
-                settings.step_timeout,
-            )
-            .await;
-            match outcome {
-                HandOverEnd::Done(link) => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(format!(
-                            "pid {} took over from pid {}",
-                            link.pid,
-                            std::process::id()
-                        )));
-                    }
-                    break End::HandedOver(link);
-                }
-                HandOverEnd::Failed(why) => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(format!(
-                            "{why}; pid {} keeps serving",
-                            std::process::id()
-                        )));
-                    }
-                }
-                HandOverEnd::Stopped { fast } => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err("a stop arrived during the hand-over".into()));
-                    }
-                    break End::Stop { fast };
-                }
-            }
-        };
-        control_stop.cancel();
-        // Requests that arrived meanwhile go to the new process if there is one.
-        control_rx.close();
-        while let Ok(request) = control_rx.try_recv() {
-            let _ = request.reply.send(Err(match &end {
-                End::HandedOver(link) => format!(
-                    "pid {} had just handed over to pid {}; run the reload again to hand over from it",
-                    std::process::id(),
-                    link.pid
-                ),
-                End::Stop { .. } => "the service is stopping".to_string(),
-            }));
-        }
+/// What a signal asks of the lifecycle. The one place signals get their meaning; what each
+/// phase does with it (serving, a reload, a hand-over, the stop) is that phase's business.
+pub(crate) enum Asked {
+    /// A stop signal, or the end of the signal stream (a graceful stop).
+    Stop(serve::StopKind),
+    Report,
+    Reload,
+    HandOver,
+}
 
-        // The stop. Signals keep being read: a second stop signal means "stop fast".
-        handle.set_state(State::Draining);
-        handle.inner.stopping.cancel();
-        let fast_token = CancellationToken::new();
-        // Cancelled when a stop is in force: at once, or after a hand-over when one arrives.
-        let stop_now = CancellationToken::new();
-        // When the stop came into force: the grace counts from then, for the wait on a
-        // predecessor too.
-        let stop_started = {
-            let stop_now = stop_now.clone();
-            tokio::spawn(async move {
-                stop_now.cancelled().await;
-                Instant::now()
-            })
-        };
-        let mut successor_tasks = Vec::new();
-        let retiring = match end {
-            End::Stop { fast } => {
-                stop_now.cancel();
-                if fast {
-                    fast_token.cancel();
-                }
-                notifier.send(&[
-                    Message::Stopping,
-                    Message::Status(format!(
-                        "draining: {} requests in flight",
-                        handle.in_flight()
-                    )),
-                ]);
-                tracing::info!(fast, grace = %humantime::format_duration(settings.grace), "stop requested; draining");
-                None
-            }
-            End::HandedOver(link) => {
-                // Not the main process any more: systemd would refuse (and log) whatever
-                // this process sent, and the successor pings the watchdog now.
-                notifier = Notifier::Muted;
-                if let Some(w) = watchdog_task.take() {
-                    w.abort();
-                }
-                tracing::info!(
-                    successor = link.pid,
-                    "handed over to pid {}; draining requests here and letting running jobs finish",
-                    link.pid
-                );
-                let (stop_now, fast_token) = (stop_now.clone(), fast_token.clone());
-                let pid = link.pid;
-                successor_tasks.push(tokio::spawn(async move {
-                    link.stop.cancelled().await;
-                    if !stop_now.is_cancelled() {
-                        tracing::info!(
-                            successor = pid,
-                            "stop forwarded by pid {pid}; applying the stop plan"
-                        );
-                    }
-                    stop_now.cancel();
-                    link.fast.cancelled().await;
-                    fast_token.cancel();
-                }));
-                Some(pid)
-            }
-        };
-        // The process this one took over from (still finishing its jobs) stops with it.
-        if let Some(link) = &predecessor {
-            let link_stop = stop_now.clone();
-            let link_fast = fast_token.clone();
-            let link = link.clone();
-            successor_tasks.push(tokio::spawn(async move {
-                link_stop.cancelled().await;
-                link.forward(StopRequest::Graceful).await;
-                link_fast.cancelled().await;
-                link.forward(StopRequest::Fast).await;
-            }));
-        }
-        let signal_task = {
-            let fast_token = fast_token.clone();
-            let stop_now = stop_now.clone();
-            let handle = handle.clone();
-            let notifier = notifier.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                while let Some(signal) = signals.next().await {
-                    match signal {
-                        Signal::Stop | Signal::FastStop if !stop_now.is_cancelled() => {
-                            tracing::info!("stop requested; applying the stop plan");
-                            stop_now.cancel();
-                            if signal == Signal::FastStop {
-                                fast_token.cancel();
-                            }
-                        }
-                        Signal::Stop | Signal::FastStop => {
-                            if !fast_token.is_cancelled() {
-                                tracing::warn!("second stop signal: stopping fast (skipping the waits; still flushing and closing)");
-                                fast_token.cancel();
-                            }
-                        }
-                        Signal::Report => log_report(&handle, &notifier, &*app),
-                        Signal::Reload | Signal::HandOver => {
-                            tracing::info!("ignoring {signal:?} during the stop")
-                        }
-                    }
-                }
-            })
-        };
-        let mut report = stages::run_plan(
-            app.stop_plan(),
-            &mut server,
-            settings.grace,
-            fast_token.clone(),
-            &notifier,
-            retiring.map(|_| stop_now.clone()),
-        )
-        .await;
-        if let Some(link) = &predecessor {
-            wait_for_predecessor(link, stop_started, settings.grace, &notifier, &mut report).await;
-        }
-        signal_task.abort();
-        for task in successor_tasks {
-            task.abort();
-        }
-        if let Some(w) = watchdog_task {
-            w.abort();
-        }
-        handle.set_state(State::Stopping);
-        if report.cut.is_empty() {
-            notifier.status(format!("stopped in {:.0?}", report.elapsed));
-            tracing::info!(
-                duration_ms = report.elapsed.as_millis() as u64,
-                "stopped in {:.0?}",
-                report.elapsed
-            );
-        } else {
-            notifier.status(format!(
-                "stopped in {:.0?}; cut: {}",
-                report.elapsed,
-                report.cut.join(", ")
-            ));
-            tracing::warn!(
-                duration_ms = report.elapsed.as_millis() as u64,
-                "stopped in {:.0?}, but these stages had to cut work: {}",
-                report.elapsed,
-                report.cut.join(", ")
-            );
-        }
-        report
+pub(crate) fn asked(signal: Option<Signal>) -> Asked {
+    match signal {
+        Some(Signal::Stop) | None => Asked::Stop(serve::StopKind::Graceful),
+        Some(Signal::FastStop) => Asked::Stop(serve::StopKind::Fast),
+        Some(Signal::Report) => Asked::Report,
+        Some(Signal::Reload) => Asked::Reload,
+        Some(Signal::HandOver) => Asked::HandOver,
     }
 }
 
 /// Waits until `signals` yields a stop (or ends); other signals are logged and ignored.
 async fn wait_for_stop(signals: &mut SignalStream) {
     while let Some(signal) = signals.next().await {
-        match signal {
-            Signal::Stop | Signal::FastStop => return,
-            other => tracing::info!(signal = ?other, "ignoring {other:?} during startup"),
+        match asked(Some(signal)) {
+            Asked::Stop(_) => return,
+            _ => tracing::info!(signal = ?signal, "ignoring {signal:?} during startup"),
         }
-    }
-}
-
-/// SIGHUP: the application re-reads its configuration in this process. `Err(fast)` when a
-/// stop arrived meanwhile (the reload is abandoned and the stop begins).
-async fn reload_in_process(
-    handle: &Handle,
-    notifier: &Notifier,
-    signals: &mut SignalStream,
-    app: &dyn App,
-    settings: Settings,
-) -> Result<Settings, bool> {
-    handle.set_state(State::Reloading);
-    notifier.send(&[Message::Reloading, Message::Status("reloading".into())]);
-    // Signals are read during the reload too: a stop must not wait for it.
-    let reload = tokio::time::timeout(settings.step_timeout, app.reload());
-    tokio::pin!(reload);
-    let result = loop {
-        tokio::select! {
-            result = &mut reload => break result,
-            signal = signals.next() => match signal {
-                Some(Signal::Stop) | None => {
-                    tracing::warn!("stop requested during a reload; the reload was abandoned, stopping on the previous configuration");
-                    return Err(false);
-                }
-                Some(Signal::FastStop) => {
-                    tracing::warn!("stop requested during a reload; the reload was abandoned, stopping on the previous configuration");
-                    return Err(true);
-                }
-                Some(Signal::Report) => log_report(handle, notifier, app),
-                Some(Signal::Reload | Signal::HandOver) => tracing::info!("a reload is already in progress"),
-            },
-        }
-    };
-    let settings = match result {
-        Ok(Ok(new)) => {
-            tracing::info!("configuration reloaded");
-            new
-        }
-        Ok(Err(message)) => {
-            tracing::warn!(
-                "reload rejected, still running on the previous configuration: {message}"
-            );
-            settings
-        }
-        Err(_) => {
-            tracing::warn!(
-                "reload did not finish within startup.step_timeout; still running on the previous configuration"
-            );
-            settings
-        }
-    };
-    handle.set_state(State::Ready);
-    notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
-    Ok(settings)
-}
-
-/// Starts a new process of the same program with this one's sockets and makes it the main
-/// process once it is ready. See [`handover`].
-#[allow(clippy::too_many_arguments)]
-async fn hand_over_to_new_process(
-    settings: Option<&HandOverSettings>,
-    fds: &[(&str, std::os::fd::RawFd)],
-    watchdog: Option<Duration>,
-    handle: &Handle,
-    notifier: &Notifier,
-    signals: &mut SignalStream,
-    requests: &mut tokio::sync::mpsc::Receiver<HandOverRequest>,
-    app: &dyn App,
-    step_timeout: Duration,
-) -> HandOverEnd {
-    let Some(settings) = settings else {
-        let why = "this process cannot hand over (it was not given a program to start)".to_string();
-        tracing::warn!("hand-over refused: {why}");
-        return HandOverEnd::Failed(why);
-    };
-    handle.set_state(State::Reloading);
-    notifier.send(&[
-        Message::Reloading,
-        Message::Status("reloading: starting a new process to hand over to".into()),
-    ]);
-    tracing::info!(program = %settings.program.display(), "hand-over: starting {}", settings.program.display());
-    let started = Instant::now();
-    let start = handover::start(settings, fds, watchdog);
-    tokio::pin!(start);
-    let result = loop {
-        tokio::select! {
-            result = &mut start => break result,
-            signal = signals.next() => match signal {
-                Some(Signal::Stop) | None => {
-                    tracing::warn!("stop requested during a hand-over; the new process is abandoned");
-                    return HandOverEnd::Stopped { fast: false };
-                }
-                Some(Signal::FastStop) => {
-                    tracing::warn!("stop requested during a hand-over; the new process is abandoned");
-                    return HandOverEnd::Stopped { fast: true };
-                }
-                Some(Signal::Report) => log_report(handle, notifier, app),
-                Some(Signal::Reload | Signal::HandOver) => tracing::info!("a hand-over is already in progress"),
-            },
-            Some(request) = requests.recv() => {
-                // One hand-over at a time.
-                let _ = request.reply.send(Err("a hand-over is already in progress".into()));
-            }
-        }
-    };
-    match result {
-        Ok(successor) => {
-            let pid = successor.pid;
-            // The last message of this process as the main one: name the successor, and say
-            // the reload is done, in one datagram (MAINPID= is applied first).
-            notifier.send(&[
-                Message::MainPid(pid as u32),
-                Message::Ready,
-                Message::Status(format!("ready: took over from pid {}", std::process::id())),
-            ]);
-            let link = successor.confirm(step_timeout).await;
-            tracing::info!(
-                successor = pid,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "hand-over to pid {pid} done in {:.0?}",
-                started.elapsed()
-            );
-            HandOverEnd::Done(link)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "hand-over failed: {e}; this process (pid {}) keeps serving",
-                std::process::id()
-            );
-            handle.set_state(State::Ready);
-            notifier.send(&[Message::Ready, Message::Status(app.report().status_line)]);
-            HandOverEnd::Failed(e.to_string())
-        }
-    }
-}
-
-/// After its own stop plan, a process started by a hand-over waits for its predecessor to
-/// exit, so the service's processes all end within the stop: with no stop in force (a
-/// retirement), for as long as it takes; once a stop is in force, up to `grace` from then.
-async fn wait_for_predecessor(
-    link: &handover::PredecessorLink,
-    stop_started: tokio::task::JoinHandle<Instant>,
-    grace: Duration,
-    notifier: &Notifier,
-    report: &mut StopReport,
-) {
-    let gone = link.gone();
-    if gone.is_cancelled() {
-        stop_started.abort();
-        return;
-    }
-    let started = Instant::now();
-    tracing::info!("waiting for the previous process to finish its jobs and exit");
-    tokio::pin!(stop_started);
-    let stop_started = tokio::select! {
-        _ = gone.cancelled() => None,
-        at = &mut stop_started => at.ok(),
-    };
-    let done = match stop_started {
-        None => true,
-        Some(at) => {
-            // Within the grace that began when the stop came into force.
-            let deadline = at + grace;
-            let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = gone.cancelled() => break true,
-                    _ = tokio::time::sleep_until(deadline) => break gone.is_cancelled(),
-                    _ = heartbeat.tick() => notifier.send(&[Message::ExtendTimeout(Duration::from_secs(3))]),
-                }
-            }
-        }
-    };
-    let took = started.elapsed();
-    report.stages.push(("predecessor", took));
-    report.elapsed += took;
-    if done {
-        tracing::info!(
-            duration_ms = took.as_millis() as u64,
-            "the previous process exited"
-        );
-    } else {
-        report.cut.push("predecessor");
-        tracing::warn!(
-            "the previous process did not exit within shutdown.grace ({}); systemd stops it with this unit",
-            humantime::format_duration(grace)
-        );
     }
 }
 

@@ -29,10 +29,12 @@ pub enum ListenerError {
     Ambiguous(usize),
     #[error("the socket systemd passed (fd {fd}) is not a usable TCP listener: {source}; check ListenStream= in the .socket unit")]
     BadActivatedSocket { fd: RawFd, source: std::io::Error },
-    #[error("cannot listen on {addr}: {source}; is another process using it? change http.listen or stop the other process")]
+    #[error("cannot listen on {addr}: {source}; is another process using it? change {setting} or stop the other process")]
     Bind {
         addr: String,
         source: std::io::Error,
+        /// The application's name for the address setting ([`crate::SettingNames::listen`]).
+        setting: &'static str,
     },
 }
 
@@ -51,8 +53,13 @@ impl ActivatedFds {
     }
 }
 
-/// Takes the activated socket if there is one, else binds `listen`.
-pub async fn acquire(fds: &ActivatedFds, listen: &str) -> Result<Listener, ListenerError> {
+/// Takes the activated socket if there is one, else binds `listen` (the value of the
+/// application's `setting`, named when the bind fails).
+pub async fn acquire(
+    fds: &ActivatedFds,
+    listen: &str,
+    setting: &'static str,
+) -> Result<Listener, ListenerError> {
     if let Some(fd) = fds.pick()? {
         // SAFETY: systemd hands this fd to us alone (LISTEN_PID was checked) and nothing
         // else in the process owns it.
@@ -70,6 +77,7 @@ pub async fn acquire(fds: &ActivatedFds, listen: &str) -> Result<Listener, Liste
     let bind = |source| ListenerError::Bind {
         addr: listen.to_string(),
         source,
+        setting,
     };
     let socket = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
     let local_addr = socket.local_addr().map_err(bind)?;

@@ -19,8 +19,8 @@ use axum::Router;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use shiftd_lifecycle::{
-    App, Handle, Lifecycle, Notifier, Report, Settings, Signal, Stage, StageOutcome, StartupError,
-    Step, StopReport, SystemdEnv,
+    App, Handle, Lifecycle, Notifier, Report, SettingNames, Settings, Signal, Stage, StageOutcome,
+    StageSpec, StartupError, Step, StopReport, SystemdEnv,
 };
 use support::*;
 use tokio::sync::{mpsc, watch, Notify};
@@ -31,12 +31,20 @@ use tokio::time::Instant;
 // The rig: a lifecycle whose notifications, signals and logs the test holds.
 // ---------------------------------------------------------------------------------------
 
+/// The names a configuration file would give the settings (the messages name them).
+const NAMES: SettingNames = SettingNames {
+    listen: "http.listen",
+    step_timeout: "startup.step_timeout",
+    grace: "shutdown.grace",
+};
+
 fn settings(grace: Duration) -> Settings {
     Settings {
         header_read_timeout: secs(10),
         step_timeout: secs(5),
         grace,
         idle_close: millis(250),
+        names: NAMES,
     }
 }
 
@@ -67,9 +75,14 @@ impl App for TestApp {
     }
 }
 
+/// The HTTP drain stage, its budget named as a configuration file would name it.
+fn http_drain_stage(budget: Duration) -> Stage {
+    StageSpec::http_drain("shutdown.http_drain", budget).into_stage()
+}
+
 /// The default plan: stop accepting, then drain HTTP for `http_drain`.
 fn http_plan(http_drain: Duration) -> PlanFn {
-    Box::new(move || vec![Stage::stop_accepting(), Stage::http_drain(http_drain)])
+    Box::new(move || vec![Stage::stop_accepting(), http_drain_stage(http_drain)])
 }
 
 /// Captured log lines (tracing's fmt output without colours), for this test's thread.
@@ -621,7 +634,7 @@ async fn a_second_stop_signal_skips_the_waiting_but_still_runs_finishing_stages_
             let flushed = flushed.clone();
             vec![
                 Stage::stop_accepting(),
-                Stage::http_drain(secs(30)),
+                http_drain_stage(secs(30)),
                 Stage::waiting("jobs", "shutdown.jobs_drain", secs(30), secs(1), |ctx| {
                     async move {
                         ctx.cut.cancelled().await;
@@ -761,7 +774,7 @@ impl App for HangingReload {
     }
 
     fn stop_plan(&self) -> Vec<Stage> {
-        vec![Stage::stop_accepting(), Stage::http_drain(secs(1))]
+        vec![Stage::stop_accepting(), http_drain_stage(secs(1))]
     }
 }
 
