@@ -5,8 +5,6 @@
 //! Handlers that must stay in flight wait on a `tokio::sync::Notify`, as in axum's
 //! graceful-shutdown example test; nothing here sleeps to make something happen.
 
-mod common;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,13 +14,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use common::*;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use shiftd::lifecycle::{
     App, Handle, Lifecycle, Notifier, Report, Settings, Signal, Stage, StageOutcome, StartupError,
     Step, StopReport, SystemdEnv,
 };
+use testkit::*;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
