@@ -401,24 +401,44 @@ async fn bounded<T>(
     }
 }
 
+/// What every send needs; cloned into each send's task.
+#[derive(Clone)]
+struct Courier {
+    store: Store,
+    client: reqwest::Client,
+    on_outcome: OnOutcome,
+}
+
+/// The client of every notice's POST; `None` (said in the log) if it cannot be built.
+fn http_client() -> Option<reqwest::Client> {
+    match reqwest::Client::builder()
+        .user_agent(concat!("shiftd/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client for notices; no notice is delivered by this process (they wait in the database for another one)");
+            None
+        }
+    }
+}
+
 async fn deliver_loop(
     store: Store,
     mut settings_rx: watch::Receiver<Arc<NoticeSettings>>,
     stop: CancellationToken,
     hooks: Hooks,
 ) {
-    let on_outcome = hooks.outcome.clone();
-    let client = match reqwest::Client::builder()
-        .user_agent(concat!("shiftd/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client for notices; no notice is delivered by this process (they wait in the database for another one)");
-            return;
-        }
+    let Some(client) = http_client() else {
+        return;
     };
+    let courier = Courier {
+        store,
+        client,
+        on_outcome: hooks.outcome.clone(),
+    };
+    let store = &courier.store;
     // The startup wrote `notice_tasks`; a reload asks for it again.
     let mut synced = true;
     let mut failures: u32 = 0;
@@ -433,9 +453,8 @@ async fn deliver_loop(
         }
         let settings = settings_rx.borrow_and_update().clone();
         let bounds = &settings.bounds;
-        let mut wait = bounds.poll_interval;
         if !synced {
-            match unless_stopped(&stop, sync_tasks(&store, &settings)).await {
+            match unless_stopped(&stop, sync_tasks(store, &settings)).await {
                 None => return,
                 Some(Ok(())) => synced = true,
                 Some(Err(e)) => {
@@ -443,64 +462,28 @@ async fn deliver_loop(
                 }
             }
         }
-        let sweep = last_sweep.map_or(true, |at: tokio::time::Instant| at.elapsed() >= SWEEP_EVERY);
-        match unless_stopped(&stop, async {
-            if sweep {
-                last_sweep = Some(tokio::time::Instant::now());
-                let gone = expire(&store, bounds.max_age).await;
-                if let Ok(n) = pending(&store).await {
-                    (hooks.pending)(n);
-                }
-                gone
-            } else {
-                Ok(Vec::new())
+        if last_sweep.map_or(true, |at: tokio::time::Instant| at.elapsed() >= SWEEP_EVERY) {
+            last_sweep = Some(tokio::time::Instant::now());
+            if unless_stopped(&stop, sweep(store, bounds, &hooks))
+                .await
+                .is_none()
+            {
+                return;
             }
-        })
-        .await
-        {
-            None => return,
-            Some(Ok(gone)) => {
-                for (id, task) in &gone {
-                    on_outcome(task, "given_up");
-                    tracing::warn!(notice = %id, task = %task, "notice given up: not delivered within notices.max_age ({}); raise notices.max_age, or check that the task still has a notify_url and that its receiver answers", crate::config::fmt_duration(bounds.max_age));
-                }
-            }
-            Some(Err(e)) => tracing::debug!(error = %e, "cannot expire old notices"),
         }
-        let tasks: Vec<String> = settings.targets.keys().cloned().collect();
-        // Sends run on their own: a slow receiver holds one place, not the whole loop.
-        while in_flight.try_join_next().is_some() {}
-        let free = (bounds.concurrency as usize).saturating_sub(in_flight.len());
-        // The lease outlasts the POST's timeout, so no other process sends it meanwhile.
-        let lease = bounds.timeout + Duration::from_secs(5);
-        // Database statements are bounded by notices.timeout too.
-        let taking = bounded(bounds.timeout, take(&store, &tasks, free, lease));
-        match unless_stopped(&stop, taking).await {
+        let wait = match send_due(&courier, &settings, &stop, &mut in_flight).await {
             None => return,
-            Some(Ok(batch)) => {
+            Some(Ok(wait)) => {
                 failures = 0;
-                if free > 0 && batch.len() >= free {
-                    // More may be due: look again as soon as a place is free.
-                    wait = Duration::ZERO;
-                }
-                for taken in batch {
-                    let (store, client, settings, on_outcome) = (
-                        store.clone(),
-                        client.clone(),
-                        settings.clone(),
-                        on_outcome.clone(),
-                    );
-                    in_flight.spawn(async move {
-                        deliver(&store, &client, &settings, taken, &on_outcome).await
-                    });
-                }
+                wait
             }
             Some(Err(e)) => {
                 failures += 1;
-                wait = wait.saturating_mul(1 << failures.min(5));
+                let wait = bounds.poll_interval.saturating_mul(1 << failures.min(5));
                 tracing::warn!(error = %e, "cannot take notices from the database; trying again in {}", crate::config::fmt_duration(wait));
+                wait
             }
-        }
+        };
         // Dropping `in_flight` (a return) abandons the sends in flight: their notices stay
         // leased in the outbox and are sent again once the lease has run out.
         if wait.is_zero() && in_flight.len() < bounds.concurrency as usize {
@@ -513,6 +496,66 @@ async fn deliver_loop(
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }
+}
+
+/// Gives up the notices older than `notices.max_age`, and reads the outbox's depth.
+async fn sweep(store: &Store, bounds: &NoticesConfig, hooks: &Hooks) {
+    let gone = expire(store, bounds.max_age).await;
+    if let Ok(n) = pending(store).await {
+        (hooks.pending)(n);
+    }
+    match gone {
+        Ok(gone) => {
+            for (id, task) in &gone {
+                (hooks.outcome)(task, "given_up");
+                tracing::warn!(notice = %id, task = %task, "notice given up: not delivered within notices.max_age ({}); raise notices.max_age, or check that the task still has a notify_url and that its receiver answers", crate::config::fmt_duration(bounds.max_age));
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot expire old notices"),
+    }
+}
+
+/// Takes the notices due, up to the free places, and sends each on its own task: a slow
+/// receiver holds one place, not the whole loop. Returns the wait before the next look
+/// (none when more may be due), or `None` if the stop came first.
+async fn send_due(
+    courier: &Courier,
+    settings: &Arc<NoticeSettings>,
+    stop: &CancellationToken,
+    in_flight: &mut tokio::task::JoinSet<()>,
+) -> Option<Result<Duration, sqlx::Error>> {
+    let bounds = &settings.bounds;
+    let tasks: Vec<String> = settings.targets.keys().cloned().collect();
+    while in_flight.try_join_next().is_some() {}
+    let free = (bounds.concurrency as usize).saturating_sub(in_flight.len());
+    // The lease outlasts the POST's timeout, so no other process sends it meanwhile.
+    let lease = bounds.timeout + Duration::from_secs(5);
+    // Database statements are bounded by notices.timeout too.
+    let taking = bounded(bounds.timeout, take(&courier.store, &tasks, free, lease));
+    let batch = match unless_stopped(stop, taking).await? {
+        Ok(batch) => batch,
+        Err(e) => return Some(Err(e)),
+    };
+    // More may be due: look again as soon as a place is free.
+    let more = free > 0 && batch.len() >= free;
+    for taken in batch {
+        let (courier, settings) = (courier.clone(), settings.clone());
+        in_flight.spawn(async move {
+            deliver(
+                &courier.store,
+                &courier.client,
+                &settings,
+                taken,
+                &courier.on_outcome,
+            )
+            .await
+        });
+    }
+    Some(Ok(if more {
+        Duration::ZERO
+    } else {
+        bounds.poll_interval
+    }))
 }
 
 /// One try of one notice, and what it leads to (delete, retry later, give up).

@@ -262,7 +262,10 @@ both_backends!(
     requeue_job_reruns_after_restart,
     job_survives_sigkill,
     stubborn_job_is_killed_and_requeued,
-    api_promises,
+    auth_leaves_health_open_and_refuses_missing_wrong_and_unallowed_tokens,
+    an_idempotency_key_sent_again_gives_the_same_job_with_200,
+    bad_input_gets_a_4xx_json_error_never_a_5xx,
+    output_before_a_stop_is_kept_and_a_log_follow_ends_cleanly_at_it,
     timeout_kills_the_group,
     cancel_queued_and_running,
     leftover_processes_go_with_the_job,
@@ -293,12 +296,24 @@ max_attempts = 1"#,
     );
 }
 
-/// Idempotency, auth, 4xx for bad input, output before a stop kept, log follow ends at a stop.
-async fn api_promises(backend: Backend) {
-    let (b, _db) = builder(backend).await;
-    let app = b
-        .toml(
-            r#"[[auth.tokens]]
+/// The API's promises, one test each, on a process with two tokens and two tasks.
+struct ApiApp {
+    app: Shiftd,
+    _db: Option<TestDatabase>,
+    c: reqwest::Client,
+}
+
+/// The token allowed to run both tasks.
+const CI_AUTH: &str = "Bearer ci-secret-0123456789";
+
+impl ApiApp {
+    /// Tokens `ci` (both tasks) and `other` (only `chatty`); `echo` takes a checked `msg`,
+    /// `chatty` prints 1000 lines, touches `printed`, then sleeps (requeued at a stop).
+    async fn start(backend: Backend) -> Self {
+        let (b, db) = builder(backend).await;
+        let app = b
+            .toml(
+                r#"[[auth.tokens]]
 name = "ci"
 secret = "ci-secret-0123456789"
 tasks = ["echo", "chatty"]
@@ -312,18 +327,32 @@ params = { msg = "^[a-z ]{1,20}$" }
 [tasks.chatty]
 command = ["/bin/sh", "-c", "i=0; while [ $i -lt 1000 ]; do echo line $i; i=$((i+1)); done; touch printed; sleep 60"]
 on_shutdown = "requeue""#,
-        )
-        .start()
-        .await;
-    let addr = app.addr;
-    let c = client();
-    let url = |p: &str| format!("http://{addr}{p}");
-    let auth = "Bearer ci-secret-0123456789";
+            )
+            .start()
+            .await;
+        Self {
+            app,
+            _db: db,
+            c: client(),
+        }
+    }
 
-    // Auth: health stays open; no token 401; wrong token 401; a token not allowed 403.
-    assert_eq!(c.get(url("/readyz")).send().await.unwrap().status(), 200);
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app.addr)
+    }
+}
+
+/// Health stays open; no token is 401 `unauthorized`, a wrong token 401, a token not
+/// allowed the task 403.
+async fn auth_leaves_health_open_and_refuses_missing_wrong_and_unallowed_tokens(backend: Backend) {
+    let api = ApiApp::start(backend).await;
+    let c = &api.c;
+    assert_eq!(
+        c.get(api.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     let r = c
-        .post(url("/v1/tasks/echo/jobs"))
+        .post(api.url("/v1/tasks/echo/jobs"))
         .json(&json!({"params": {"msg": "hi"}}))
         .send()
         .await
@@ -331,25 +360,29 @@ on_shutdown = "requeue""#,
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
     let r = c
-        .post(url("/v1/tasks/echo/jobs"))
+        .post(api.url("/v1/tasks/echo/jobs"))
         .header("authorization", "Bearer nope-nope-nope-nope")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = c
-        .post(url("/v1/tasks/echo/jobs"))
+        .post(api.url("/v1/tasks/echo/jobs"))
         .header("authorization", "Bearer other-secret-0123456789")
         .json(&json!({"params": {"msg": "hi"}}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+}
 
-    // Idempotency-Key: the same job, 200 the second time.
+/// A second start with the same `Idempotency-Key` is the same job, answered 200.
+async fn an_idempotency_key_sent_again_gives_the_same_job_with_200(backend: Backend) {
+    let api = ApiApp::start(backend).await;
     let post = || {
-        c.post(url("/v1/tasks/echo/jobs"))
-            .header("authorization", auth)
+        api.c
+            .post(api.url("/v1/tasks/echo/jobs"))
+            .header("authorization", CI_AUTH)
             .header("idempotency-key", "k-1")
             .json(&json!({"params": {"msg": "hello there"}}))
     };
@@ -359,8 +392,11 @@ on_shutdown = "requeue""#,
     let second = post().send().await.unwrap();
     assert_eq!(second.status(), 200);
     assert_eq!(second.json::<Value>().await.unwrap()["id"], first["id"]);
+}
 
-    // Bad input: 4xx with a JSON error, never 5xx.
+/// Bad input gets a 4xx with a JSON error, never a 5xx; a body over the limit 413.
+async fn bad_input_gets_a_4xx_json_error_never_a_5xx(backend: Backend) {
+    let api = ApiApp::start(backend).await;
     for (method, path, body, expect) in [
         ("POST", "/v1/tasks/echo/jobs", "{not json", 400),
         (
@@ -392,9 +428,10 @@ on_shutdown = "requeue""#,
         ("POST", "/v1/jobs/abc/cancel", "", 400),
         ("DELETE", "/v1/jobs/1", "", 405),
     ] {
-        let r = c
-            .request(method.parse().unwrap(), url(path))
-            .header("authorization", auth)
+        let r = api
+            .c
+            .request(method.parse().unwrap(), api.url(path))
+            .header("authorization", CI_AUTH)
             .body(body)
             .send()
             .await
@@ -407,20 +444,25 @@ on_shutdown = "requeue""#,
         assert!(v["error"].is_string() && v["message"].is_string(), "{v}");
     }
     let big = "x".repeat(2 * 1024 * 1024);
-    let r = c
-        .post(url("/v1/tasks/echo/jobs"))
-        .header("authorization", auth)
+    let r = api
+        .c
+        .post(api.url("/v1/tasks/echo/jobs"))
+        .header("authorization", CI_AUTH)
         .body(big)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+}
 
-    // Output written just before a graceful stop is all in the database after it; a log
-    // follower's stream ends cleanly when the stop begins.
+/// Output written just before a graceful stop is all in the database after it; a log
+/// follower's stream ends cleanly when the stop begins.
+async fn output_before_a_stop_is_kept_and_a_log_follow_ends_cleanly_at_it(backend: Backend) {
+    let api = ApiApp::start(backend).await;
+    let (app, c) = (&api.app, &api.c);
     let chatty: Value = c
-        .post(url("/v1/tasks/chatty/jobs"))
-        .header("authorization", auth)
+        .post(api.url("/v1/tasks/chatty/jobs"))
+        .header("authorization", CI_AUTH)
         .send()
         .await
         .unwrap()
@@ -430,8 +472,8 @@ on_shutdown = "requeue""#,
     let id = chatty["id"].as_i64().unwrap();
     wait_file(&app.workdir().path().join("printed"), secs(10)).await;
     let follow = c
-        .get(url(&format!("/v1/jobs/{id}/log?follow=1")))
-        .header("authorization", auth)
+        .get(api.url(&format!("/v1/jobs/{id}/log?follow=1")))
+        .header("authorization", CI_AUTH)
         .send()
         .await
         .unwrap();
@@ -450,7 +492,7 @@ on_shutdown = "requeue""#,
     let again = app.builder_again().set("jobs.workers", 1).start().await;
     let log = c
         .get(format!("http://{}/v1/jobs/{id}/log", again.addr))
-        .header("authorization", auth)
+        .header("authorization", CI_AUTH)
         .send()
         .await
         .unwrap()

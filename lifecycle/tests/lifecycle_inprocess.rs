@@ -5,8 +5,6 @@
 //! Handlers that must stay in flight wait on a `tokio::sync::Notify`, as in axum's
 //! graceful-shutdown example test; nothing here sleeps to make something happen.
 
-mod support;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +20,7 @@ use shiftd_lifecycle::{
     App, Handle, Lifecycle, Notifier, Report, SettingNames, Settings, Signal, Stage, StageOutcome,
     StageSpec, StartupError, Step, StopReport, SystemdEnv,
 };
-use support::*;
+use testkit::*;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

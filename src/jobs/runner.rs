@@ -4,10 +4,12 @@
 //! `flush` stages).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -120,10 +122,32 @@ struct Running {
     lease_owner: String,
     started: Instant,
     on_shutdown: OnShutdown,
-    /// Stop it and record it as cancelled.
-    cancel: CancellationToken,
-    /// Stop it and put it back in the queue (a shutdown).
-    requeue: CancellationToken,
+    /// Asks it to stop: cancelled, or put back in the queue (a shutdown).
+    halt: Halt,
+}
+
+/// The one way a running attempt is asked to stop before its process ends, and why: a
+/// cancel (asked here through the API, or on another node and seen at a lease renewal)
+/// is [`Stop::Cancelled`], the service's stop [`Stop::Shutdown`]. The supervisor watches
+/// this alone; the first request wins.
+#[derive(Clone, Default)]
+struct Halt {
+    requested: CancellationToken,
+    why: Arc<OnceLock<Stop>>,
+}
+
+impl Halt {
+    fn request(&self, why: Stop) {
+        if self.why.set(why).is_ok() {
+            self.requested.cancel();
+        }
+    }
+
+    /// Resolves with the first request's reason.
+    async fn requested(&self) -> Stop {
+        self.requested.cancelled().await;
+        self.why.get().copied().unwrap_or(Stop::Cancelled)
+    }
 }
 
 /// A running job, for status reports.
@@ -295,7 +319,7 @@ impl Runner {
     /// Cancels a job running in this process at once (others see the flag at their next lease renewal).
     pub fn cancel_local(&self, id: i64) {
         if let Some(r) = self.inner.running.lock().expect("poisoned").get(&id) {
-            r.cancel.cancel();
+            r.halt.request(Stop::Cancelled);
         }
     }
 
@@ -361,26 +385,8 @@ impl Runner {
             }
         }
         if let Some(patience) = &ctx.patience {
-            // After a hand-over: the new process serves and claims; the jobs here run on,
-            // untouched, renewing their leases, each bounded by its task's timeout. Only a
-            // stop (forwarded by the new process, or a signal) ends the wait.
-            let running = inner.running.lock().expect("poisoned").len();
-            if running > 0 {
-                tracing::info!(
-                    running,
-                    "handed over: letting {running} running jobs finish here (a stop applies shutdown.jobs_drain)"
-                );
-            }
-            inner.jobs.close();
-            tokio::select! {
-                _ = inner.jobs.wait() => {
-                    return StageOutcome::Done(if running == 0 {
-                        "no jobs were running".into()
-                    } else {
-                        format!("the {running} jobs running at the hand-over finished")
-                    });
-                }
-                _ = patience.cancelled() => {}
+            if let Some(done) = self.outlast_hand_over(patience).await {
+                return done;
             }
         }
         let (running_at_start, requeued_now) = {
@@ -388,7 +394,7 @@ impl Runner {
             let requeued = running
                 .values()
                 .filter(|r| r.on_shutdown == OnShutdown::Requeue)
-                .map(|r| r.requeue.cancel())
+                .map(|r| r.halt.request(Stop::Shutdown))
                 .count();
             (running.len(), requeued)
         };
@@ -415,7 +421,7 @@ impl Runner {
             running
                 .iter()
                 .map(|(id, r)| {
-                    r.requeue.cancel();
+                    r.halt.request(Stop::Shutdown);
                     *id
                 })
                 .collect()
@@ -430,6 +436,30 @@ impl Runner {
             cut.len(),
             cut
         ))
+    }
+
+    /// After a hand-over: the new process serves and claims; the jobs here run on,
+    /// untouched, renewing their leases, each bounded by its task's timeout. Only a stop
+    /// (forwarded by the new process, or a signal) ends the wait: then `None`, and the
+    /// stop goes on as any other.
+    async fn outlast_hand_over(&self, patience: &CancellationToken) -> Option<StageOutcome> {
+        let inner = &self.inner;
+        let running = inner.running.lock().expect("poisoned").len();
+        if running > 0 {
+            tracing::info!(
+                running,
+                "handed over: letting {running} running jobs finish here (a stop applies shutdown.jobs_drain)"
+            );
+        }
+        inner.jobs.close();
+        tokio::select! {
+            _ = inner.jobs.wait() => Some(StageOutcome::Done(if running == 0 {
+                "no jobs were running".into()
+            } else {
+                format!("the {running} jobs running at the hand-over finished")
+            })),
+            _ = patience.cancelled() => None,
+        }
     }
 
     /// The `flush` stage: stop the periodic flusher, write every buffered line, and take
@@ -601,6 +631,7 @@ async fn start_local(
                 lease: p.lease,
                 lease_deadline: p.sent + p.lease,
                 max_output: settings.max_output,
+                started: Instant::now(),
             };
             spawn_job(inner, attempt);
         } else {
@@ -794,9 +825,18 @@ struct Attempt {
     lease_deadline: Instant,
     /// `jobs.max_output`, for a task without its own.
     max_output: u64,
+    /// When it was handed to a worker: the attempt's duration runs from here.
+    started: Instant,
 }
 
 impl Attempt {
+    /// The wait before a failed attempt runs again (doubled per attempt when recorded).
+    fn retry_backoff(&self) -> Duration {
+        self.task
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.config.retry_backoff)
+    }
+
     fn max_output(&self) -> (u64, String) {
         match self.task.as_ref().and_then(|t| t.config.max_output) {
             Some(size) => (size.0, format!("tasks.{}.max_output", self.job.task)),
@@ -809,22 +849,21 @@ fn spawn_job(inner: &Arc<Inner>, attempt: Attempt) {
     let running = Running {
         task: attempt.job.task.clone(),
         lease_owner: attempt.lease_owner.clone(),
-        started: Instant::now(),
+        started: attempt.started,
         on_shutdown: attempt
             .task
             .as_ref()
             .map(|t| t.config.on_shutdown)
             .unwrap_or_default(),
-        cancel: CancellationToken::new(),
-        requeue: CancellationToken::new(),
+        halt: Halt::default(),
     };
-    let tokens = (running.cancel.clone(), running.requeue.clone());
+    let halt = running.halt.clone();
     let id = attempt.job.id;
     let owner = attempt.lease_owner.clone();
     inner.running.lock().expect("poisoned").insert(id, running);
     let inner2 = inner.clone();
     inner.jobs.spawn(async move {
-        run_job(&inner2, attempt, tokens.0, tokens.1).await;
+        run_job(&inner2, attempt, halt).await;
         free_worker(&inner2, id, &owner);
     });
 }
@@ -917,41 +956,65 @@ impl JobOutput {
     }
 }
 
-/// The process to start for a job: argv without a shell, in its own process group, with
-/// a cleared environment (only [`INHERITED_ENV`], the task's `env` and the `JOB_*` values).
+/// A job's process, described: [`JobCommand::command`] starts exactly this. The program is
+/// this binary as the shim (it heads the process group and takes it down if shiftd dies,
+/// `shim.rs`), then argv without a shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JobCommand {
+    program: PathBuf,
+    args: Vec<String>,
+    /// The process's whole environment: it starts from an empty one.
+    env: BTreeMap<String, OsString>,
+    cwd: Option<PathBuf>,
+}
+
+impl JobCommand {
+    /// In its own process group (a timeout or a stop reaches everything it started), with
+    /// a cleared environment, no stdin, and its output piped to us.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dir) = &self.cwd {
+            command.current_dir(dir);
+        }
+        command
+    }
+}
+
+/// The process to start for a job. Its environment is only [`INHERITED_ENV`] taken from
+/// `parent_env` (this process's environment), then the task's `env`, then the `JOB_*`
+/// values, each overriding the ones before: nothing else of shiftd's environment reaches it.
 fn job_command(
     cfg: &TaskConfig,
     job: &Job,
     argv: &[String],
-    inherited: impl IntoIterator<Item = (&'static str, std::ffi::OsString)>,
-) -> Command {
-    // The shim heads the process group and takes it down if shiftd dies (shim.rs).
-    let mut command = Command::new(SELF_EXE);
-    command
-        .arg(super::shim::SHIM_ARG)
-        .args(argv)
-        .env_clear()
-        .envs(inherited)
-        .envs(&cfg.env)
-        .env("JOB_ID", job.id.to_string())
-        .env("JOB_TASK", &job.task)
-        .env("JOB_ATTEMPT", job.attempts.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a timeout or a stop reaches everything it started.
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(dir) = &cfg.working_dir {
-        command.current_dir(dir);
+    parent_env: impl IntoIterator<Item = (OsString, OsString)>,
+) -> JobCommand {
+    let mut env: BTreeMap<String, OsString> = parent_env
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
+        .filter(|(k, _)| INHERITED_ENV.contains(&k.as_str()))
+        .collect();
+    env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.into())));
+    env.insert("JOB_ID".into(), job.id.to_string().into());
+    env.insert("JOB_TASK".into(), job.task.clone().into());
+    env.insert("JOB_ATTEMPT".into(), job.attempts.to_string().into());
+    JobCommand {
+        program: SELF_EXE.into(),
+        args: std::iter::once(super::shim::SHIM_ARG.to_string())
+            .chain(argv.iter().cloned())
+            .collect(),
+        env,
+        cwd: cfg.working_dir.clone(),
     }
-    command
-}
-
-fn inherited_env() -> impl Iterator<Item = (&'static str, std::ffi::OsString)> {
-    INHERITED_ENV
-        .iter()
-        .filter_map(|k| std::env::var_os(k).map(|v| (*k, v)))
 }
 
 /// The argv of an attempt, or why it cannot run (and whether that may be retried).
@@ -981,30 +1044,68 @@ fn prepare(attempt: &Attempt) -> Result<Vec<String>, (Stop, String)> {
         .map_err(|e| (Stop::Exited, format!("parameters no longer valid: {e}")))
 }
 
-async fn run_job(
-    inner: &Arc<Inner>,
-    attempt: Attempt,
-    cancel: CancellationToken,
-    requeue: CancellationToken,
-) {
-    let started = Instant::now();
-    let job = attempt.job.clone();
-    let job = &job;
+/// One attempt, from its claim to its recorded outcome: the output, the argv, the lease,
+/// the process under its supervisor, the outcome.
+async fn run_job(inner: &Arc<Inner>, attempt: Attempt, halt: Halt) {
+    let Some(out) = open_output(inner, &attempt).await else {
+        // The database is away; the lease will expire and the job will be claimed again.
+        return;
+    };
+    let argv = match prepare(&attempt) {
+        Ok(argv) => argv,
+        Err((stop, error)) => return refuse(inner, attempt, &out, stop, error).await,
+    };
+    let task = attempt.task.clone().expect("prepare checked it");
+    let (cfg, job) = (&task.config, &attempt.job);
+    // The lease runs from the claim; if the claim itself was slow, renew before starting.
+    let lease = LeaseKeeper::start(inner, &attempt, halt.clone());
+    if !lease.has_time_to_start(attempt.lease).await {
+        out.note("the claim's lease is nearly over and could not be renewed; not starting (it runs again after the lease)");
+        drop(lease);
+        return record(inner, &attempt, Stop::LeaseExpiring, refusal(String::new())).await;
+    }
+    out.note(format!(
+        "attempt {} of {} on {}: {:?}",
+        job.attempts, job.max_attempts, inner.node, argv
+    ));
+    let command = job_command(cfg, job, &argv, std::env::vars_os()).command();
+    let child = match inner.spawner.spawn(command).await {
+        Ok(child) => child,
+        Err(e) => {
+            drop(lease);
+            let error = format!(
+                "cannot start {}: {e}; check tasks.{}.command and working_dir",
+                argv[0], job.task
+            );
+            out.note(error.clone());
+            return record(inner, &attempt, Stop::Exited, refusal(error)).await;
+        }
+    };
+    let (stop, status) = run_to_end(child, cfg, &halt, lease, &out).await;
+    out.note_discarded();
+    let finish = describe(stop, status, &job.task, cfg.timeout);
+    out.note(match &finish.error {
+        Some(error) => error.clone(),
+        None => status_text(finish.exit_code, finish.exit_signal),
+    });
+    record(inner, &attempt, stop, finish).await;
+}
+
+/// The attempt's output, numbered after the job's last stored line; `None` when that
+/// position cannot be read within the lease.
+async fn open_output(inner: &Inner, attempt: &Attempt) -> Option<JobOutput> {
+    let job = &attempt.job;
     // A retry: lines of an earlier attempt still buffered here go first, so numbering
     // continues after them. A first attempt has none, and skips the write.
     if job.attempts > 1 {
         let _ = inner.output.flush().await;
     }
-    let Some(last_seq) = persist("read the job's output position", attempt.lease, || {
+    let last_seq = persist("read the job's output position", attempt.lease, || {
         inner.store.last_seq(job.id)
     })
-    .await
-    else {
-        // The database is away; the lease will expire and the job will be claimed again.
-        return;
-    };
+    .await?;
     let (limit, setting) = attempt.max_output();
-    let out = JobOutput {
+    Some(JobOutput {
         buffer: inner.output.clone(),
         job_id: job.id,
         attempt: job.attempts,
@@ -1016,82 +1117,44 @@ async fn run_job(
             discarded_bytes: AtomicU64::new(0),
             discarded_lines: AtomicU64::new(0),
         }),
-    };
-    let refuse = |error: String| Finish {
+    })
+}
+
+/// An attempt's end without an exit status, as `error`.
+fn refusal(error: String) -> Finish {
+    Finish {
         state: JobState::Failed,
         exit_code: None,
         exit_signal: None,
         error: Some(error),
-    };
-    let argv = match prepare(&attempt) {
-        Ok(argv) => argv,
-        Err((stop, error)) => {
-            out.note(error.clone());
-            // A refusal is final: no retry of parameters that cannot pass.
-            let no_retry = Job {
-                attempts: job.max_attempts,
-                ..job.clone()
-            };
-            let attempt = Attempt {
-                job: no_retry,
-                ..attempt
-            };
-            record(
-                inner,
-                &attempt,
-                stop,
-                refuse(error),
-                Duration::ZERO,
-                started,
-            )
-            .await;
-            return;
-        }
-    };
-    let task = attempt.task.clone().expect("prepare checked it");
-    let cfg = &task.config;
-    // The lease runs from the claim; if the claim itself was slow, renew before starting.
-    let lease = LeaseKeeper::start(inner, &attempt, cancel.clone());
-    if !lease.has_time_to_start(attempt.lease).await {
-        out.note("the claim's lease is nearly over and could not be renewed; not starting (it runs again after the lease)");
-        lease.stop();
-        record(
-            inner,
-            &attempt,
-            Stop::LeaseExpiring,
-            refuse(String::new()),
-            Duration::ZERO,
-            started,
-        )
-        .await;
-        return;
     }
-    out.note(format!(
-        "attempt {} of {} on {}: {:?}",
-        job.attempts, job.max_attempts, inner.node, argv
-    ));
-    let command = job_command(cfg, job, &argv, inherited_env());
-    let mut child = match inner.spawner.spawn(command).await {
-        Ok(child) => child,
-        Err(e) => {
-            lease.stop();
-            let error = format!(
-                "cannot start {}: {e}; check tasks.{}.command and working_dir",
-                argv[0], job.task
-            );
-            out.note(error.clone());
-            record(
-                inner,
-                &attempt,
-                Stop::Exited,
-                refuse(error),
-                cfg.retry_backoff,
-                started,
-            )
-            .await;
-            return;
-        }
+}
+
+/// An attempt that cannot run ([`prepare`] said why) is recorded without starting
+/// anything. A refusal is final: no retry of parameters that cannot pass.
+async fn refuse(inner: &Arc<Inner>, attempt: Attempt, out: &JobOutput, stop: Stop, error: String) {
+    out.note(error.clone());
+    let no_retry = Job {
+        attempts: attempt.job.max_attempts,
+        ..attempt.job.clone()
     };
+    let attempt = Attempt {
+        job: no_retry,
+        ..attempt
+    };
+    record(inner, &attempt, stop, refusal(error)).await;
+}
+
+/// Runs a started process to its end: reads its output, waits under [`supervise`], stops
+/// its whole group when it must stop (or takes down what it left behind when it exited),
+/// and says why it ended, with its exit status.
+async fn run_to_end(
+    mut child: Child,
+    cfg: &TaskConfig,
+    halt: &Halt,
+    lease: LeaseKeeper,
+    out: &JobOutput,
+) -> (Stop, Option<ExitStatus>) {
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let readers = [
         child
@@ -1103,34 +1166,42 @@ async fn run_job(
             .take()
             .map(|s| tokio::spawn(read_lines(s, "stderr", out.clone()))),
     ];
-
-    let (stop, status) = supervise(&mut child, cfg, &cancel, &requeue, &lease).await;
+    let ended = supervise(&mut child, cfg, halt, &lease).await;
     lease.stop();
-    let status = match (status, pgid) {
-        (Some(status), Some(pgid)) => {
+    let ended = match (ended, pgid) {
+        (Ended::Exited(status), Some(pgid)) => {
             // The job is its process group: what it left running in the background goes
             // with it, rather than escaping until systemd's final SIGKILL at the next stop.
             if killpg(pgid, Signal::SIGKILL).is_ok() {
                 out.note("the command exited but left processes running; killed them");
             }
-            Some(status)
+            (Stop::Exited, Some(status))
         }
-        (Some(status), None) => Some(status),
-        (None, Some(pgid)) => {
+        (Ended::Exited(status), None) => (Stop::Exited, Some(status)),
+        (Ended::MustStop(stop), Some(pgid)) => {
             out.note(stop_reason(stop, cfg, &lease));
             // Before a lease runs out, the whole group is gone before its deadline.
             let grace = match stop {
                 Stop::LeaseExpiring => cfg.kill_grace.min(lease.time_to_fence_end()),
                 _ => cfg.kill_grace,
             };
-            Some(stop_group(&mut child, pgid, grace, &out).await)
+            (stop, Some(stop_group(&mut child, pgid, grace, out).await))
         }
-        (None, None) => None,
+        (Ended::MustStop(stop), None) => (stop, None),
     };
-    // Readers end at EOF; a grandchild that kept the pipe open must not hold us.
+    finish_reading(readers, cfg.kill_grace, out).await;
+    ended
+}
+
+/// Readers end at EOF; a grandchild that kept the pipe open must not hold us.
+async fn finish_reading(
+    readers: [Option<JoinHandle<()>>; 2],
+    kill_grace: Duration,
+    out: &JobOutput,
+) {
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
-        if tokio::time::timeout(cfg.kill_grace.max(Duration::from_secs(1)), reader)
+        if tokio::time::timeout(kill_grace.max(Duration::from_secs(1)), reader)
             .await
             .is_err()
         {
@@ -1140,24 +1211,21 @@ async fn run_job(
             );
         }
     }
-    out.note_discarded();
-    let finish = describe(stop, status, &job.task, cfg.timeout);
-    out.note(match &finish.error {
-        Some(error) => error.clone(),
-        None => status_text(finish.exit_code, finish.exit_signal),
-    });
-    record(inner, &attempt, stop, finish, cfg.retry_backoff, started).await;
+}
+
+/// How the supervisor saw an attempt's process end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// It exited by itself.
+    Exited(ExitStatus),
+    /// It is still running and must be stopped, for this reason.
+    MustStop(Stop),
 }
 
 /// Waits for the attempt to end and says why: the process exited, or it must be stopped
-/// (timeout, cancel, the service's stop, the lease lost or about to run out).
-async fn supervise(
-    child: &mut Child,
-    cfg: &TaskConfig,
-    cancel: &CancellationToken,
-    requeue: &CancellationToken,
-    lease: &LeaseKeeper,
-) -> (Stop, Option<ExitStatus>) {
+/// (timeout, a cancel or the service's stop through its [`Halt`], the lease lost or about
+/// to run out).
+async fn supervise(child: &mut Child, cfg: &TaskConfig, halt: &Halt, lease: &LeaseKeeper) -> Ended {
     let timeout = tokio::time::sleep(cfg.timeout);
     tokio::pin!(timeout);
     let mut deadline = lease.deadline.clone();
@@ -1165,15 +1233,18 @@ async fn supervise(
         // Stop early enough that the whole group is dead before the lease can run out.
         let fence = lease.fence_at(*deadline.borrow_and_update(), cfg.kill_grace);
         tokio::select! {
-            status = child.wait() => return (Stop::Exited, status.ok()),
-            _ = timeout.as_mut() => return (Stop::Timeout, None),
-            _ = cancel.cancelled() => return (Stop::Cancelled, None),
-            _ = requeue.cancelled() => return (Stop::Shutdown, None),
-            _ = lease.lost.cancelled() => return (Stop::LeaseLost, None),
-            _ = tokio::time::sleep_until(fence) => return (Stop::LeaseExpiring, None),
+            status = child.wait() => return match status {
+                Ok(status) => Ended::Exited(status),
+                // Cannot wait for it (never seen): take its group down.
+                Err(_) => Ended::MustStop(Stop::Exited),
+            },
+            _ = timeout.as_mut() => return Ended::MustStop(Stop::Timeout),
+            why = halt.requested() => return Ended::MustStop(why),
+            _ = lease.lost.cancelled() => return Ended::MustStop(Stop::LeaseLost),
+            _ = tokio::time::sleep_until(fence) => return Ended::MustStop(Stop::LeaseExpiring),
             // A renewal moved the deadline: compute the fence again.
             changed = deadline.changed() => if changed.is_err() {
-                return (Stop::LeaseExpiring, None);
+                return Ended::MustStop(Stop::LeaseExpiring);
             },
         }
     }
@@ -1201,7 +1272,9 @@ fn stop_reason(stop: Stop, cfg: &TaskConfig, lease: &LeaseKeeper) -> String {
 }
 
 /// Renews an attempt's lease in its own task, so a renewal that hangs (a database stall)
-/// never holds up the supervisor, which stops the job before the lease can run out.
+/// never holds up the supervisor, which stops the job before the lease can run out. The
+/// task ends with [`LeaseKeeper::stop`], or when the keeper is dropped (every way out of
+/// an attempt).
 struct LeaseKeeper {
     /// The local time by which the lease may run out, moved on by each renewal.
     deadline: watch::Receiver<Instant>,
@@ -1209,37 +1282,33 @@ struct LeaseKeeper {
     lost: CancellationToken,
     lease: Duration,
     renewed_at: Arc<Mutex<(Instant, String)>>,
-    stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl LeaseKeeper {
-    fn start(inner: &Arc<Inner>, attempt: &Attempt, cancel: CancellationToken) -> Self {
+    fn start(inner: &Arc<Inner>, attempt: &Attempt, halt: Halt) -> Self {
         let (deadline_tx, deadline) = watch::channel(attempt.lease_deadline);
         let lost = CancellationToken::new();
-        let stop = CancellationToken::new();
         let renewed_at = Arc::new(Mutex::new((
             attempt.lease_deadline - attempt.lease,
             String::new(),
         )));
-        let task = tokio::spawn(keep_lease(
-            inner.store.clone(),
-            attempt.job.id,
-            attempt.lease_owner.clone(),
-            attempt.lease,
-            deadline_tx,
-            lost.clone(),
-            cancel,
-            stop.clone(),
-            renewed_at.clone(),
-        ));
+        let renewal = Renewal {
+            store: inner.store.clone(),
+            id: attempt.job.id,
+            lease_owner: attempt.lease_owner.clone(),
+            lease: attempt.lease,
+            deadline: deadline_tx,
+            lost: lost.clone(),
+            halt,
+            renewed_at: renewed_at.clone(),
+        };
         Self {
             deadline,
             lost,
             lease: attempt.lease,
             renewed_at,
-            stop,
-            task,
+            task: tokio::spawn(renewal.run()),
         }
     }
 
@@ -1300,56 +1369,67 @@ impl LeaseKeeper {
         }
     }
 
+    /// Ends the renewals (a renewal in flight is abandoned).
     fn stop(&self) {
-        self.stop.cancel();
         self.task.abort();
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn keep_lease(
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The renewals of one attempt's lease, run by [`LeaseKeeper`]'s task.
+struct Renewal {
     store: Store,
     id: i64,
     lease_owner: String,
     lease: Duration,
     deadline: watch::Sender<Instant>,
     lost: CancellationToken,
-    cancel: CancellationToken,
-    stop: CancellationToken,
+    /// A cancel asked on any node is seen here, as the renewal's answer.
+    halt: Halt,
     renewed_at: Arc<Mutex<(Instant, String)>>,
-) {
-    let every = lease / 3;
-    let mut next = *deadline.borrow() - lease + every;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        let sent = Instant::now();
-        next = sent + every;
-        match tokio::time::timeout(every, store.renew(id, &lease_owner, lease)).await {
-            Ok(Ok(Some(cancel_requested))) => {
-                let _ = deadline.send(sent + lease);
-                *renewed_at.lock().expect("poisoned") = (sent, String::new());
-                if cancel_requested {
-                    cancel.cancel();
+}
+
+impl Renewal {
+    /// Renews every third of the lease (sooner after a failure) until the lease is lost
+    /// or the task is aborted.
+    async fn run(self) {
+        let (id, lease) = (self.id, self.lease);
+        let every = lease / 3;
+        let mut next = *self.deadline.borrow() - lease + every;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let sent = Instant::now();
+            next = sent + every;
+            let renewed = self.store.renew(id, &self.lease_owner, lease);
+            match tokio::time::timeout(every, renewed).await {
+                Ok(Ok(Some(cancel_requested))) => {
+                    let _ = self.deadline.send(sent + lease);
+                    *self.renewed_at.lock().expect("poisoned") = (sent, String::new());
+                    if cancel_requested {
+                        self.halt.request(Stop::Cancelled);
+                    }
                 }
-            }
-            Ok(Ok(None)) => {
-                lost.cancel();
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(job = id, error = %e, "cannot renew the job's lease; it keeps running while the lease lasts and is stopped before it runs out");
-                renewed_at.lock().expect("poisoned").1 = e.to_string();
-                // Try again soon rather than a third of the lease later.
-                next = sent + (every / 3).max(Duration::from_millis(100));
-            }
-            Err(_) => {
-                tracing::warn!(job = id, "renewing the job's lease took longer than a third of jobs.lease (a database stall?); it keeps running while the lease lasts");
-                renewed_at.lock().expect("poisoned").1 =
-                    "the database did not answer in time".to_string();
-                next = Instant::now();
+                Ok(Ok(None)) => {
+                    self.lost.cancel();
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(job = id, error = %e, "cannot renew the job's lease; it keeps running while the lease lasts and is stopped before it runs out");
+                    self.renewed_at.lock().expect("poisoned").1 = e.to_string();
+                    // Try again soon rather than a third of the lease later.
+                    next = sent + (every / 3).max(Duration::from_millis(100));
+                }
+                Err(_) => {
+                    tracing::warn!(job = id, "renewing the job's lease took longer than a third of jobs.lease (a database stall?); it keeps running while the lease lasts");
+                    self.renewed_at.lock().expect("poisoned").1 =
+                        "the database did not answer in time".to_string();
+                    next = Instant::now();
+                }
             }
         }
     }
@@ -1418,20 +1498,12 @@ fn describe(stop: Stop, status: Option<ExitStatus>, task: &str, timeout: Duratio
 }
 
 /// Writes the output, then the outcome, retrying through database blips while the lease lasts.
-async fn record(
-    inner: &Arc<Inner>,
-    attempt: &Attempt,
-    stop: Stop,
-    finish: Finish,
-    backoff: Duration,
-    started: Instant,
-) {
+async fn record(inner: &Arc<Inner>, attempt: &Attempt, stop: Stop, finish: Finish) {
     let job = &attempt.job;
-    let owner = attempt.lease_owner.as_str();
     // The attempt's process has ended: its worker may start the next job while this
     // outcome is written (in a batch with others, `finisher.rs`). Its row stays `running`
     // under this attempt's lease until the outcome commits.
-    free_worker(inner, job.id, owner);
+    free_worker(inner, job.id, &attempt.lease_owner);
     // Output first, so whoever sees the final state can read the whole log.
     let _ = persist("write the job's output", attempt.lease, || {
         inner.output.flush()
@@ -1441,43 +1513,58 @@ async fn record(
         // Not ours any more, or about to not be: whoever claims it next records it.
         Stop::LeaseLost | Stop::LeaseExpiring => "lost",
         Stop::Shutdown | Stop::TaskGone => {
-            if persist("put the job back in the queue", attempt.lease, || async {
-                if stop == Stop::Shutdown {
-                    // Its process ran and was stopped: a `job.interrupted` notice.
-                    inner.store.requeue_interrupted(job.id, owner).await
-                } else {
-                    inner.store.requeue(job.id, owner).await
-                }
-            })
-            .await
-            .is_some()
-            {
-                tracing::info!(job = job.id, task = %job.task, "job {} and requeued", if stop == Stop::Shutdown { "stopped by the shutdown" } else { "left for a node that has its task" });
-            }
+            record_requeue(inner, attempt, stop).await;
             "requeued"
         }
         _ => {
-            let backoff = backoff.saturating_mul(1 << (job.attempts.clamp(1, 16) - 1) as u32);
-            let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
-            let outcome = if retry {
-                "retry"
-            } else {
-                finish.state.as_str()
-            };
-            if persist("record the job's outcome", attempt.lease, || {
-                inner
-                    .finisher
-                    .finish(FinishItem::new(job, owner, &finish, backoff))
-            })
-            .await
-            .is_some()
-            {
-                tracing::info!(job = job.id, task = %job.task, attempt = job.attempts, outcome, error = finish.error.as_deref().unwrap_or(""), "job attempt ended: {outcome}");
-            }
+            record_finish(inner, attempt, &finish).await;
             finish.state.as_str()
         }
     };
-    (inner.on_attempt)(&job.task, outcome, started.elapsed());
+    (inner.on_attempt)(&job.task, outcome, attempt.started.elapsed());
+}
+
+/// Puts the job back in the queue without counting the attempt: stopped by the shutdown
+/// (with a `job.interrupted` notice: its process ran), or left for a node that has its task.
+async fn record_requeue(inner: &Inner, attempt: &Attempt, stop: Stop) {
+    let (job, owner) = (&attempt.job, attempt.lease_owner.as_str());
+    if persist("put the job back in the queue", attempt.lease, || async {
+        if stop == Stop::Shutdown {
+            inner.store.requeue_interrupted(job.id, owner).await
+        } else {
+            inner.store.requeue(job.id, owner).await
+        }
+    })
+    .await
+    .is_some()
+    {
+        tracing::info!(job = job.id, task = %job.task, "job {} and requeued", if stop == Stop::Shutdown { "stopped by the shutdown" } else { "left for a node that has its task" });
+    }
+}
+
+/// Records the attempt's final state, or its retry after the task's back-off (doubled
+/// for each attempt).
+async fn record_finish(inner: &Inner, attempt: &Attempt, finish: &Finish) {
+    let (job, owner) = (&attempt.job, attempt.lease_owner.as_str());
+    let backoff = attempt
+        .retry_backoff()
+        .saturating_mul(1 << (job.attempts.clamp(1, 16) - 1) as u32);
+    let retry = finish.state == JobState::Failed && job.attempts < job.max_attempts;
+    let outcome = if retry {
+        "retry"
+    } else {
+        finish.state.as_str()
+    };
+    if persist("record the job's outcome", attempt.lease, || {
+        inner
+            .finisher
+            .finish(FinishItem::new(job, owner, finish, backoff))
+    })
+    .await
+    .is_some()
+    {
+        tracing::info!(job = job.id, task = %job.task, attempt = job.attempts, outcome, error = finish.error.as_deref().unwrap_or(""), "job attempt ended: {outcome}");
+    }
 }
 
 /// Retries a database write with backoff until it succeeds or `limit` passes.
@@ -1539,19 +1626,13 @@ async fn read_lines(stream: impl AsyncRead + Unpin, name: &'static str, out: Job
 mod tests {
     use super::*;
 
-    #[test]
-    fn job_environment_is_cleared_but_for_a_few() {
-        let cfg = TaskConfig {
-            command: vec!["/bin/true".into()],
-            env: [("GREETING".to_string(), "hi".to_string())].into(),
-            ..Default::default()
-        };
-        let job = Job {
-            id: 7,
-            task: "t".into(),
+    fn job(id: i64, task: &str, attempts: i64) -> Job {
+        Job {
+            id,
+            task: task.into(),
             params: serde_json::json!({}),
             state: JobState::Running,
-            attempts: 2,
+            attempts,
             max_attempts: 3,
             created_at: 0,
             updated_at: 0,
@@ -1563,34 +1644,101 @@ mod tests {
             cancel_requested: false,
             lease_owner: None,
             run_after: 0,
+        }
+    }
+
+    fn os_env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    /// The environment is the task's `env`, what shiftd sets, and a few variables of the
+    /// service's own: its sockets, its settings (a database URL with its password) and
+    /// everything else of its environment stay out.
+    #[test]
+    fn job_environment_is_only_the_tasks_and_what_shiftd_sets() {
+        let cfg = TaskConfig {
+            command: vec!["/bin/true".into()],
+            env: [("GREETING", "hi"), ("LANG", "C.UTF-8"), ("JOB_ID", "mine")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            working_dir: Some("/srv/work".into()),
+            ..Default::default()
         };
-        let inherited = [("PATH", std::ffi::OsString::from("/usr/bin"))];
-        let command = job_command(&cfg, &job, &cfg.command, inherited);
-        let mut env: Vec<(String, String)> = command
-            .as_std()
-            .get_envs()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    v.map(|v| v.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
-        env.sort();
-        let args: Vec<_> = command.as_std().get_args().collect();
-        assert_eq!(args, ["__job-shim", "/bin/true"]);
-        let expected: Vec<(String, String)> = [
-            ("GREETING", "hi"),
-            ("JOB_ATTEMPT", "2"),
-            ("JOB_ID", "7"),
-            ("JOB_TASK", "t"),
+        let parent = os_env(&[
             ("PATH", "/usr/bin"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        assert_eq!(env, expected);
+            ("LANG", "en_US.UTF-8"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LISTEN_FDS", "2"),
+            ("SHIFTD_DATABASE__URL", "postgres://shiftd:secret@db/shiftd"),
+            ("SHIFTD_HANDOVER", "chan=3,http=4,control=5"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("LD_PRELOAD", "/tmp/evil.so"),
+        ]);
+        let described = job_command(&cfg, &job(7, "t", 2), &cfg.command, parent);
+        let env: Vec<(&str, &str)> = described
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("GREETING", "hi"),
+                ("JOB_ATTEMPT", "2"),
+                // What shiftd sets wins over the task's own `env`.
+                ("JOB_ID", "7"),
+                ("JOB_TASK", "t"),
+                // The task's `env` wins over what is inherited.
+                ("LANG", "C.UTF-8"),
+                ("PATH", "/usr/bin"),
+            ]
+        );
+        assert_eq!(described.program, PathBuf::from(SELF_EXE));
+        assert_eq!(described.args, ["__job-shim", "/bin/true"]);
+        assert_eq!(described.cwd, Some(PathBuf::from("/srv/work")));
+    }
+
+    /// The started process sees exactly the described environment: nothing of this
+    /// process's own (the test runner's, here) leaks past it.
+    #[tokio::test]
+    async fn a_job_process_gets_only_the_described_environment() {
+        let cfg = TaskConfig {
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            ..Default::default()
+        };
+        let ours: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut described = job_command(&cfg, &job(7, "t", 1), &[], ours.clone());
+        assert!(
+            ours.iter()
+                .any(|(k, _)| !described.env.contains_key(k.to_str().unwrap_or(""))),
+            "this test needs a variable of its own that a job must not get"
+        );
+        // `env` in place of the shim: it prints the environment it was given.
+        described.program = "/usr/bin/env".into();
+        described.args.clear();
+        let output = described.command().output().await.unwrap();
+        assert!(output.status.success());
+        let mut seen: Vec<String> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        seen.sort();
+        let expected: Vec<String> = described
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.to_string_lossy()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    /// A cancel and a stop that race: the first one says how the attempt ends.
+    #[tokio::test]
+    async fn a_halt_keeps_its_first_reason() {
+        let halt = Halt::default();
+        halt.request(Stop::Cancelled);
+        halt.request(Stop::Shutdown);
+        assert_eq!(halt.requested().await, Stop::Cancelled);
     }
 
     #[test]

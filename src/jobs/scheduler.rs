@@ -130,10 +130,17 @@ impl Scheduler {
     }
 }
 
+/// What the loop remembers between looks, per task.
+#[derive(Default)]
+struct Seen {
+    /// The spec registered by this process.
+    registered: HashMap<String, String>,
+    /// The latest occurrence handled, and the spec it was due under.
+    handled: HashMap<String, (String, i64)>,
+}
+
 async fn schedule_loop(inner: Arc<Inner>) {
-    // Per task: the spec registered by this process, and the latest occurrence handled.
-    let mut registered: HashMap<String, String> = HashMap::new();
-    let mut handled: HashMap<String, (String, i64)> = HashMap::new();
+    let mut seen = Seen::default();
     let mut failures = 0u32;
     loop {
         if inner.stop.is_cancelled() {
@@ -147,71 +154,14 @@ async fn schedule_loop(inner: Arc<Inner>) {
             if inner.stop.is_cancelled() {
                 return;
             }
-            let spec = st.schedule.spec();
             if let Some(next) = st.schedule.next_after(now) {
                 let until = Duration::from_millis((next - now).max(0) as u64);
                 // A few ms past the occurrence, so the look falls after it.
                 wait = wait.min(until + Duration::from_millis(5));
             }
-            if registered.get(&st.task) != Some(&spec) {
-                match bounded(
-                    &inner,
-                    &settings,
-                    inner.store.register_schedule(&st.task, &spec),
-                )
-                .await
-                {
-                    Ok(()) => {
-                        tracing::info!(task = %st.task, schedule = %st.schedule.expr, timezone = %st.schedule.tz.name(), next = %st.schedule.next_after(now).map(rfc3339_ms).unwrap_or_default(), "schedule registered");
-                        registered.insert(st.task.clone(), spec.clone());
-                    }
-                    Err(e) => {
-                        failed = true;
-                        tracing::warn!(task = %st.task, error = %e, "cannot register the schedule; no occurrence of it is enqueued until this write succeeds; retrying");
-                        continue;
-                    }
-                }
+            if !look_at(&inner, &settings, st, now, &mut seen).await {
+                failed = true;
             }
-            let Some(due) = st.schedule.latest_at_or_before(now) else {
-                continue;
-            };
-            if handled.get(&st.task) == Some(&(spec.clone(), due)) {
-                continue;
-            }
-            let outcome = bounded(
-                &inner,
-                &settings,
-                inner.store.enqueue_occurrence(
-                    &st.task,
-                    due,
-                    st.schedule.catch_up,
-                    settings.grace(),
-                    st.max_attempts,
-                    settings.retain,
-                ),
-            )
-            .await;
-            match outcome {
-                Ok(OccurrenceOutcome::Enqueued(job)) => {
-                    inner.runner.wake();
-                    tracing::info!(job = job.id, task = %st.task, occurrence = %rfc3339_ms(due), late_ms = now - due, "scheduled job queued");
-                }
-                Ok(OccurrenceOutcome::Missed) => {
-                    tracing::info!(task = %st.task, occurrence = %rfc3339_ms(due), "occurrence missed and skipped (catch_up = \"none\")");
-                }
-                Ok(OccurrenceOutcome::NotRegistered) => {
-                    registered.remove(&st.task);
-                    failed = true;
-                    continue;
-                }
-                Ok(OccurrenceOutcome::AlreadyRecorded | OccurrenceOutcome::BeforeBaseline) => {}
-                Err(e) => {
-                    failed = true;
-                    tracing::warn!(task = %st.task, occurrence = %rfc3339_ms(due), error = %e, "cannot enqueue the occurrence; retrying (another node sharing the database may enqueue it meanwhile, never twice)");
-                    continue;
-                }
-            }
-            handled.insert(st.task.clone(), (spec, due));
         }
         if failed {
             failures += 1;
@@ -227,6 +177,75 @@ async fn schedule_loop(inner: Arc<Inner>) {
         }
     }
     tracing::debug!("scheduler stopped");
+}
+
+/// One look at one scheduled task: registers its schedule if this process has not, then
+/// enqueues its latest occurrence due, once. False if a write failed (retried later).
+async fn look_at(
+    inner: &Inner,
+    settings: &SchedulerSettings,
+    st: &ScheduledTask,
+    now: i64,
+    seen: &mut Seen,
+) -> bool {
+    let spec = st.schedule.spec();
+    if seen.registered.get(&st.task) != Some(&spec) {
+        match bounded(
+            inner,
+            settings,
+            inner.store.register_schedule(&st.task, &spec),
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(task = %st.task, schedule = %st.schedule.expr, timezone = %st.schedule.tz.name(), next = %st.schedule.next_after(now).map(rfc3339_ms).unwrap_or_default(), "schedule registered");
+                seen.registered.insert(st.task.clone(), spec.clone());
+            }
+            Err(e) => {
+                tracing::warn!(task = %st.task, error = %e, "cannot register the schedule; no occurrence of it is enqueued until this write succeeds; retrying");
+                return false;
+            }
+        }
+    }
+    let Some(due) = st.schedule.latest_at_or_before(now) else {
+        return true;
+    };
+    if seen.handled.get(&st.task) == Some(&(spec.clone(), due)) {
+        return true;
+    }
+    let outcome = bounded(
+        inner,
+        settings,
+        inner.store.enqueue_occurrence(
+            &st.task,
+            due,
+            st.schedule.catch_up,
+            settings.grace(),
+            st.max_attempts,
+            settings.retain,
+        ),
+    )
+    .await;
+    match outcome {
+        Ok(OccurrenceOutcome::Enqueued(job)) => {
+            inner.runner.wake();
+            tracing::info!(job = job.id, task = %st.task, occurrence = %rfc3339_ms(due), late_ms = now - due, "scheduled job queued");
+        }
+        Ok(OccurrenceOutcome::Missed) => {
+            tracing::info!(task = %st.task, occurrence = %rfc3339_ms(due), "occurrence missed and skipped (catch_up = \"none\")");
+        }
+        Ok(OccurrenceOutcome::NotRegistered) => {
+            seen.registered.remove(&st.task);
+            return false;
+        }
+        Ok(OccurrenceOutcome::AlreadyRecorded | OccurrenceOutcome::BeforeBaseline) => {}
+        Err(e) => {
+            tracing::warn!(task = %st.task, occurrence = %rfc3339_ms(due), error = %e, "cannot enqueue the occurrence; retrying (another node sharing the database may enqueue it meanwhile, never twice)");
+            return false;
+        }
+    }
+    seen.handled.insert(st.task.clone(), (spec, due));
+    true
 }
 
 /// A statement bounded by the lease, and abandoned (its transaction rolled back) when the

@@ -225,6 +225,69 @@ pub struct KeyConflict {
     pub id: i64,
 }
 
+/// The one `INSERT` of a batch of `n` new jobs: shared binds first (task, max_attempts,
+/// token, now), then params, key, state and run_after of each job.
+fn batch_insert_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) VALUES ",
+    );
+    let values: Vec<String> = (0..n)
+        .map(|n| {
+            format!(
+                "($1, ${}, ${}, 0, $2, ${}, $3, $4, $4, ${}, 0)",
+                5 + 4 * n,
+                7 + 4 * n,
+                6 + 4 * n,
+                8 + 4 * n
+            )
+        })
+        .collect();
+    sql += &values.join(", ");
+    sql += " RETURNING id";
+    sql
+}
+
+/// What [`Store::enqueue_batch`]'s look-up of idempotency keys found.
+#[derive(Default)]
+struct KeysSeen {
+    /// Per job of the batch: the job its key already names (made within the last 24 h).
+    existing: Vec<Option<Enqueued>>,
+    /// Jobs whose key is older than that: the key is freed for the new job.
+    expired: Vec<i64>,
+    /// The first job of the batch whose key names a job made with other parameters.
+    conflict: Option<KeyConflict>,
+}
+
+impl KeysSeen {
+    /// Job `id` (`params`, made at `created_at`) holds the key of `job`, the `index`-th.
+    fn found(
+        &mut self,
+        index: usize,
+        job: &NewJob,
+        id: i64,
+        params: &str,
+        created_at: i64,
+        now: i64,
+    ) {
+        if created_at < now - IDEMPOTENCY_WINDOW.as_millis() as i64 {
+            self.expired.push(id);
+            return;
+        }
+        let params: serde_json::Value =
+            serde_json::from_str(params).unwrap_or(serde_json::Value::Null);
+        if params != job.params {
+            let first = self.conflict.get_or_insert(KeyConflict { index, id });
+            if index < first.index {
+                *first = KeyConflict { index, id };
+            }
+        }
+        self.existing[index] = Some(Enqueued {
+            id,
+            existing_params: Some(params),
+        });
+    }
+}
+
 /// Most finishes written by one statement of [`Store::finish_batch`] (8 binds each).
 pub const FINISH_BATCH_MAX: usize = 500;
 
@@ -449,10 +512,51 @@ impl Store {
         token_name: Option<&str>,
     ) -> Result<Result<Vec<Enqueued>, KeyConflict>, sqlx::Error> {
         let now = now_ms();
-        let token = token_name.unwrap_or_default().to_string();
-        let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
-        let mut expired: Vec<i64> = Vec::new();
-        let mut conflict: Option<KeyConflict> = None;
+        let seen = self
+            .look_up_keys(task, jobs, token_name.unwrap_or_default(), now)
+            .await?;
+        if let Some(conflict) = seen.conflict {
+            return Ok(Err(conflict));
+        }
+        let mut out = seen.existing;
+        let new: Vec<usize> = (0..jobs.len()).filter(|i| out[*i].is_none()).collect();
+        if new.is_empty() {
+            return Ok(Ok(out.into_iter().flatten().collect()));
+        }
+        let new_jobs: Vec<&NewJob> = new.iter().map(|i| &jobs[*i]).collect();
+        let ids = self
+            .insert_batch(
+                task,
+                &new_jobs,
+                max_attempts,
+                token_name,
+                now,
+                &seen.expired,
+            )
+            .await?;
+        for (i, id) in new.into_iter().zip(ids) {
+            out[i] = Some(Enqueued {
+                id,
+                existing_params: None,
+            });
+        }
+        Ok(Ok(out.into_iter().flatten().collect()))
+    }
+
+    /// Looks up the idempotency keys of a batch (500 a statement): which name a job of
+    /// this token made within the last 24 h, which are past that and to be freed, and the
+    /// first that names a job made with other parameters.
+    async fn look_up_keys(
+        &self,
+        task: &str,
+        jobs: &[NewJob],
+        token: &str,
+        now: i64,
+    ) -> Result<KeysSeen, sqlx::Error> {
+        let mut seen = KeysSeen {
+            existing: vec![None; jobs.len()],
+            ..KeysSeen::default()
+        };
         let keys: Vec<(usize, &str)> = jobs
             .iter()
             .enumerate()
@@ -466,7 +570,7 @@ impl Store {
                  AND idempotency_key IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(task).bind(token.clone());
+            let mut query = sqlx::query(&sql).bind(task).bind(token.to_string());
             for (_, key) in chunk {
                 query = query.bind(key.to_string());
             }
@@ -485,59 +589,35 @@ impl Store {
             }
             for (i, key) in chunk {
                 if let Some((id, params, created_at)) = found.remove(*key) {
-                    if created_at >= now - IDEMPOTENCY_WINDOW.as_millis() as i64 {
-                        let params: serde_json::Value =
-                            serde_json::from_str(&params).unwrap_or(serde_json::Value::Null);
-                        if params != jobs[*i].params {
-                            let first = conflict.get_or_insert(KeyConflict { index: *i, id });
-                            if *i < first.index {
-                                *first = KeyConflict { index: *i, id };
-                            }
-                        }
-                        out[*i] = Some(Enqueued {
-                            id,
-                            existing_params: Some(params),
-                        });
-                    } else {
-                        expired.push(id);
-                    }
+                    seen.found(*i, &jobs[*i], id, &params, created_at, now);
                 }
             }
         }
-        if let Some(conflict) = conflict {
-            return Ok(Err(conflict));
-        }
-        let new: Vec<usize> = (0..jobs.len()).filter(|i| out[*i].is_none()).collect();
-        if new.is_empty() {
-            return Ok(Ok(out.into_iter().flatten().collect()));
-        }
-        // Shared binds first, then params, key, state and run_after of each new job.
-        let mut sql = String::from(
-            "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) VALUES ",
-        );
-        let values: Vec<String> = (0..new.len())
-            .map(|n| {
-                format!(
-                    "($1, ${}, ${}, 0, $2, ${}, $3, $4, $4, ${}, 0)",
-                    5 + 4 * n,
-                    7 + 4 * n,
-                    6 + 4 * n,
-                    8 + 4 * n
-                )
-            })
-            .collect();
-        sql += &values.join(", ");
-        sql += " RETURNING id";
+        Ok(seen)
+    }
+
+    /// Inserts the new jobs of a batch in one statement, freeing the `expired` keys in the
+    /// same transaction; returns their ids in the order of `jobs`, once committed.
+    async fn insert_batch(
+        &self,
+        task: &str,
+        jobs: &[&NewJob],
+        max_attempts: i64,
+        token_name: Option<&str>,
+        now: i64,
+        expired: &[i64],
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let sql = batch_insert_sql(jobs.len());
         let mut query = sqlx::query(&sql)
             .bind(task)
             .bind(max_attempts)
             .bind(token_name.map(str::to_string))
             .bind(now);
-        for i in &new {
-            let (state, run_after) = initial_state(now, jobs[*i].run_after);
+        for job in jobs {
+            let (state, run_after) = initial_state(now, job.run_after);
             query = query
-                .bind(jobs[*i].params.to_string())
-                .bind(jobs[*i].idempotency_key.clone())
+                .bind(job.params.to_string())
+                .bind(job.idempotency_key.clone())
                 .bind(state.as_str())
                 .bind(run_after);
         }
@@ -570,23 +650,17 @@ impl Store {
             .iter()
             .map(|r| r.try_get::<i64, _>("id"))
             .collect::<Result<Vec<_>, _>>()?;
-        if ids.len() != new.len() {
+        if ids.len() != jobs.len() {
             return Err(sqlx::Error::Protocol(format!(
                 "the batch insert returned {} ids for {} jobs",
                 ids.len(),
-                new.len()
+                jobs.len()
             )));
         }
         // One statement numbers its rows in the order of its VALUES (a sequence on
         // PostgreSQL, the next rowid on SQLite); RETURNING's own order is not promised.
         ids.sort_unstable();
-        for (i, id) in new.into_iter().zip(ids) {
-            out[i] = Some(Enqueued {
-                id,
-                existing_params: None,
-            });
-        }
-        Ok(Ok(out.into_iter().flatten().collect()))
+        Ok(ids)
     }
 
     /// The job made by `token_name` (`None`: without a token) with this key, whatever its age.
@@ -904,16 +978,11 @@ impl Store {
         self.observe(done, true)
     }
 
-    /// Records how several attempts ended, in one statement (one commit): each row only
-    /// while it is still running under its own lease token (lease fencing, as
-    /// [`Store::finish`]). Returns the ids that were still ours and are now recorded; the
-    /// rest had lost their lease. At most [`FINISH_BATCH_MAX`] items a call.
-    pub async fn finish_batch(&self, items: &[FinishItem]) -> Result<Vec<i64>, sqlx::Error> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// [`Store::finish_batch`]'s statement for `n` items, 8 binds each: id, owner, state,
+    /// whether it is final, back-off, exit code, exit signal, error.
+    fn finish_batch_sql(&self, n: usize) -> String {
         let now = self.now();
-        let values: Vec<String> = (0..items.len())
+        let values: Vec<String> = (0..n)
             .map(|i| {
                 let b = i * 8;
                 format!(
@@ -929,7 +998,7 @@ impl Store {
                 )
             })
             .collect();
-        let sql = format!(
+        format!(
             "WITH v (id, owner, state, fin, backoff, exit_code, exit_signal, error) AS (VALUES {}) \
              UPDATE jobs SET state = v.state, \
              finished_at = CASE WHEN v.fin = 1 THEN {now} ELSE NULL END, updated_at = {now}, \
@@ -938,7 +1007,18 @@ impl Store {
              FROM v WHERE jobs.id = v.id AND jobs.lease_owner = v.owner AND jobs.state = 'running' \
              RETURNING jobs.id",
             values.join(", ")
-        );
+        )
+    }
+
+    /// Records how several attempts ended, in one statement (one commit): each row only
+    /// while it is still running under its own lease token (lease fencing, as
+    /// [`Store::finish`]). Returns the ids that were still ours and are now recorded; the
+    /// rest had lost their lease. At most [`FINISH_BATCH_MAX`] items a call.
+    pub async fn finish_batch(&self, items: &[FinishItem]) -> Result<Vec<i64>, sqlx::Error> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.finish_batch_sql(items.len());
         let mut query = sqlx::query(&sql);
         for item in items {
             let retry = item.retry();

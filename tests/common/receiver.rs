@@ -1,7 +1,6 @@
 //! A notice receiver for tests: a small HTTP server in the test process that records every
 //! POST it gets (headers, body, whether it was answered 2xx), and can be told to fail the
 //! next N requests (500) or to hang (never answer) until told otherwise.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,7 +24,6 @@ pub struct Received {
     pub json: Value,
     /// Answered 2xx (counted as delivered by the sender).
     pub accepted: bool,
-    pub at: Instant,
 }
 
 impl Received {
@@ -105,7 +103,6 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         body: body.to_vec(),
         json,
         accepted: !fail,
-        at: Instant::now(),
     });
     inner.changed.notify_waiters();
     if fail {
