@@ -23,12 +23,15 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A hand-over asked for on the control socket; the answer goes back on `reply`.
 pub struct HandOverRequest {
+    /// `Ok(what happened)` or `Err(why not)`, sent back to the client as one line.
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
 /// The listening control socket.
 pub struct ControlSocket {
+    /// Accepting requests.
     pub listener: UnixListener,
+    /// Where it listens (`shiftd reload` connects there).
     pub path: PathBuf,
 }
 

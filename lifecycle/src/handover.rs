@@ -49,7 +49,9 @@ pub const ENV: &str = "SHIFTD_HANDOVER";
 /// How a process that is not the main one any more asks the predecessor to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopRequest {
+    /// `stop`: apply the stop plan.
     Graceful,
+    /// `fast`: skip the waiting.
     Fast,
 }
 
@@ -102,7 +104,9 @@ impl HandOverSettings {
 /// Read from `$SHIFTD_HANDOVER` before any thread exists.
 #[derive(Debug)]
 pub struct Inherited {
+    /// The listening sockets (`http`, `control`) by name.
     pub fds: ActivatedFds,
+    /// This process's end of the channel to the predecessor.
     pub channel: OwnedFd,
 }
 
@@ -173,6 +177,7 @@ pub struct Predecessor {
 }
 
 impl Predecessor {
+    /// Wraps the inherited channel (made non-blocking).
     pub fn new(channel: OwnedFd) -> std::io::Result<Self> {
         let std = StdUnixStream::from(channel);
         std.set_nonblocking(true)?;
@@ -258,6 +263,7 @@ impl PredecessorLink {
 
 /// In the old process: the new one, ready, not yet told it is the main process.
 pub struct Successor {
+    /// The new process's pid (it is not this process's child: double fork).
     pub pid: i32,
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
@@ -267,21 +273,39 @@ pub struct Successor {
 #[derive(Debug, thiserror::Error)]
 pub enum HandOverError {
     #[error("cannot start {program}: {source}")]
+    /// The program could not be started.
     Spawn {
+        /// The program's path.
         program: String,
+        /// Why it could not be started.
         source: std::io::Error,
     },
     #[error("the new process (pid {pid}) could not start: {why}")]
-    Failed { pid: i32, why: String },
-    #[error("the new process (pid {pid}) exited before it was ready; its own log lines say why")]
-    Exited { pid: i32 },
-    #[error("the new process (pid {pid}) was not ready within {limit} and was killed; raise {setting} if its startup is slow")]
-    TimedOut {
+    /// The new process said `failed <why>`.
+    Failed {
+        /// The new process's pid.
         pid: i32,
+        /// What it said.
+        why: String,
+    },
+    #[error("the new process (pid {pid}) exited before it was ready; its own log lines say why")]
+    /// The new process closed the channel without a word.
+    Exited {
+        /// The new process's pid.
+        pid: i32,
+    },
+    #[error("the new process (pid {pid}) was not ready within {limit} and was killed; raise {setting} if its startup is slow")]
+    /// The new process was not ready within `ready_timeout`.
+    TimedOut {
+        /// The new process's pid.
+        pid: i32,
+        /// `ready_timeout`, for the message.
         limit: String,
+        /// The application's name for the setting that sizes it.
         setting: &'static str,
     },
     #[error("{0}")]
+    /// The channel to the new process failed.
     Channel(String),
 }
 
@@ -519,6 +543,7 @@ impl Successor {
 
 /// The retiring process's view of its successor.
 pub struct SuccessorLink {
+    /// The successor's pid.
     pub pid: i32,
     /// Cancelled when the successor forwards a stop, or exits.
     pub stop: CancellationToken,

@@ -1,10 +1,77 @@
 //! The systemd-native lifecycle of an axum service: startup steps, readiness, signals,
-//! reload, watchdog, and the ordered, bounded stop.
+//! reload, hand-over to a new process, watchdog, and the ordered, bounded stop.
 //!
-//! This module knows nothing about jobs, routes or SQL. An application hands it a
-//! [`Router`], an [`App`] (reload, report, stop plan) and its startup steps; see
-//! `lifecycle/examples/minimal.rs` for the smallest one. Signals and `$NOTIFY_SOCKET` are read here
-//! and nowhere else.
+//! This crate knows nothing about jobs, routes or SQL, and names none of the application's
+//! settings: an application hands it [`Settings`] (with their [`SettingNames`]), a
+//! [`Router`], an [`App`] (report, reload, stop plan) and runs its startup steps through
+//! [`Lifecycle::step`]. Signals and `$NOTIFY_SOCKET` are read here and nowhere else.
+//!
+//! The smallest use (`lifecycle/examples/minimal.rs` adds the hand-over):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use axum::{routing::get, Router};
+//! use futures::future::{BoxFuture, FutureExt};
+//! use shiftd_lifecycle::{
+//!     App, Lifecycle, Notifier, Report, SettingNames, Settings, Stage, SystemdEnv,
+//! };
+//!
+//! const SETTINGS: Settings = Settings {
+//!     header_read_timeout: Duration::from_secs(10),
+//!     step_timeout: Duration::from_secs(30),
+//!     grace: Duration::from_secs(15),
+//!     idle_close: Duration::from_millis(250),
+//!     // What the warnings tell an operator to raise.
+//!     names: SettingNames {
+//!         listen: "listen",
+//!         step_timeout: "step_timeout",
+//!         grace: "grace",
+//!     },
+//! };
+//!
+//! struct Hello;
+//!
+//! impl App for Hello {
+//!     fn report(&self) -> Report {
+//!         Report {
+//!             status_line: "saying hello".into(),
+//!             details: String::new(),
+//!         }
+//!     }
+//!
+//!     fn reload(&self) -> BoxFuture<'_, Result<Settings, String>> {
+//!         async { Ok(SETTINGS) }.boxed()
+//!     }
+//!
+//!     fn stop_plan(&self) -> Vec<Stage> {
+//!         vec![Stage::stop_accepting(), Stage::http_drain(Duration::from_secs(10))]
+//!     }
+//! }
+//!
+//! fn main() {
+//!     // SAFETY: first thing in main, before any other thread exists.
+//!     let systemd = unsafe { SystemdEnv::take() }.expect("read systemd's environment");
+//!     let runtime = tokio::runtime::Runtime::new().expect("start the runtime");
+//!     runtime.block_on(async {
+//!         let signals = shiftd_lifecycle::signals::os_signals().expect("install handlers");
+//!         let mut life = Lifecycle::new(SETTINGS, systemd, Notifier::Systemd, signals);
+//!         // Socket activation if systemd passed a socket, else a bind.
+//!         let listener = life.listener("127.0.0.1:3000").await.expect("listen");
+//!         let router = Router::new().route("/", get(|| async { "hello\n" }));
+//!         // READY=1, then serve until SIGTERM; then the stop plan, in order.
+//!         let report = life.serve(listener, router, Arc::new(Hello)).await;
+//!         println!("stopped in {:?}, cut: {:?}", report.elapsed, report.cut);
+//!     });
+//! }
+//! ```
+//!
+//! Tests drive a [`Lifecycle`] in-process with their own signal stream and, with the
+//! `test-util` feature, `Notifier::Channel`, which records each datagram as the real
+//! notifier would send it.
+
+#![warn(missing_docs)]
 
 pub mod control;
 pub mod handover;
@@ -49,7 +116,9 @@ pub const LISTENER_STEP: &str = "listener";
 /// once before any thread starts and then removed, so job processes do not inherit it.
 #[derive(Debug, Default)]
 pub struct SystemdEnv {
+    /// Sockets passed by systemd (`LISTEN_FDS`) or by the predecessor.
     pub fds: ActivatedFds,
+    /// The watchdog's interval (`WATCHDOG_USEC`), if the unit sets one.
     pub watchdog: Option<Duration>,
     /// The channel to the process this one takes over from (see [`handover`]), if any.
     pub predecessor: Option<OwnedFd>,
@@ -96,9 +165,13 @@ impl SystemdEnv {
 /// The settings the lifecycle itself uses. A reload may change them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
+    /// How long a new connection may take to send its first request's headers.
     pub header_read_timeout: Duration,
+    /// The bound of each startup step, a reload and a hand-over.
     pub step_timeout: Duration,
+    /// The bound of the whole stop.
     pub grace: Duration,
+    /// How long, during the drain, an idle keep-alive connection may take to send another request.
     pub idle_close: Duration,
     /// What the application calls these settings, for the messages that name them.
     pub names: SettingNames,
@@ -122,8 +195,11 @@ pub struct SettingNames {
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum State {
+    /// Startup steps run; not ready yet.
     Starting = 0,
+    /// Serving.
     Ready = 1,
+    /// A reload or a hand-over is in progress; still serving.
     Reloading = 2,
     /// The stop has begun: see [`Handle::is_stopping`].
     Draining = 3,
@@ -143,6 +219,7 @@ impl State {
         }
     }
 
+    /// The name shown in STATUS=, `/readyz` and status documents.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Starting => "starting",
@@ -192,6 +269,7 @@ impl Handle {
         Self::new()
     }
 
+    /// Where the service is in its life.
     pub fn state(&self) -> State {
         State::from_u8(self.inner.state.load(Ordering::Acquire))
     }
@@ -210,14 +288,17 @@ impl Handle {
         self.inner.stopping.clone().cancelled_owned()
     }
 
+    /// Time since the lifecycle (or this handle) was created.
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
     }
 
+    /// Requests whose response is not finished.
     pub fn in_flight(&self) -> usize {
         self.inner.counters.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Open connections.
     pub fn connections(&self) -> usize {
         self.inner.counters.connections.load(Ordering::Relaxed)
     }
@@ -246,25 +327,41 @@ pub trait App: Send + Sync + 'static {
 /// Whether a startup step may fail without stopping the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// A failure stops the start.
     Required,
+    /// A failure is logged; the start goes on without it.
     Optional,
 }
 
 /// Why startup did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The step's work failed.
     #[error("startup step `{step}` failed: {message}")]
-    Failed { step: &'static str, message: String },
-    #[error("startup step `{step}` did not finish within {limit}; {hint}, or raise {setting}")]
-    TimedOut {
+    Failed {
+        /// The step's name.
         step: &'static str,
+        /// What went wrong, and the hint.
+        message: String,
+    },
+    #[error("startup step `{step}` did not finish within {limit}; {hint}, or raise {setting}")]
+    /// The step did not finish within the step timeout.
+    TimedOut {
+        /// The step's name.
+        step: &'static str,
+        /// The step timeout, for the message.
         limit: String,
+        /// What to check.
         hint: String,
         /// The application's name for the step timeout ([`SettingNames::step_timeout`]).
         setting: &'static str,
     },
     #[error("a stop was requested during startup step `{step}`")]
-    Interrupted { step: &'static str },
+    /// A stop signal arrived while the step ran.
+    Interrupted {
+        /// The step that was running.
+        step: &'static str,
+    },
 }
 
 /// The lifecycle of one process.
@@ -378,10 +475,12 @@ impl Lifecycle {
         }
     }
 
+    /// A handle for the application (routes, reports); cheap to clone.
     pub fn handle(&self) -> Handle {
         self.handle.clone()
     }
 
+    /// Where this process's notifications go (muted until a hand-over completes).
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
     }

@@ -13,9 +13,13 @@ pub enum Origin {
     Bound,
 }
 
+/// The socket to serve on.
 pub struct Listener {
+    /// Listening, non-blocking.
     pub socket: tokio::net::TcpListener,
+    /// Where it came from.
     pub origin: Origin,
+    /// Its address (the bound port when `listen` asked for port 0).
     pub local_addr: SocketAddr,
 }
 
@@ -24,14 +28,25 @@ pub struct Listener {
 pub struct ActivatedFds(pub Vec<(RawFd, String)>);
 
 #[derive(Debug, thiserror::Error)]
+/// Why there is no socket to serve on.
 pub enum ListenerError {
     #[error("systemd passed {0} sockets but none is named \"http\"; name one with FileDescriptorName=http in the .socket unit")]
+    /// Several sockets and none named `http`.
     Ambiguous(usize),
+    /// The passed descriptor is not a TCP listener.
     #[error("the socket systemd passed (fd {fd}) is not a usable TCP listener: {source}; check ListenStream= in the .socket unit")]
-    BadActivatedSocket { fd: RawFd, source: std::io::Error },
+    BadActivatedSocket {
+        /// The descriptor.
+        fd: RawFd,
+        /// Why it is not usable.
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}; is another process using it? change {setting} or stop the other process")]
+    /// Binding the configured address failed.
     Bind {
+        /// The address.
         addr: String,
+        /// Why.
         source: std::io::Error,
         /// The application's name for the address setting ([`crate::SettingNames::listen`]).
         setting: &'static str,

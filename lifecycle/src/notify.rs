@@ -27,11 +27,17 @@ pub enum Notifier {
 /// One state change; several may travel in one datagram.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
+    /// `READY=1`: startup (or a reload) is done.
     Ready,
+    /// `RELOADING=1` with `MONOTONIC_USEC=`.
     Reloading,
+    /// `STOPPING=1`.
     Stopping,
+    /// `STATUS=`, one line.
     Status(String),
+    /// `WATCHDOG=1`.
     Watchdog,
+    /// `EXTEND_TIMEOUT_USEC=`: more time for the current start or stop.
     ExtendTimeout(Duration),
     /// Names another process the main one (a hand-over).
     MainPid(u32),
@@ -67,6 +73,7 @@ impl Notifier {
         }
     }
 
+    /// Sends `STATUS=` alone.
     pub fn status(&self, text: impl Into<String>) {
         self.send(&[Message::Status(text.into())]);
     }

@@ -210,6 +210,7 @@ pub fn explain_stop_budget(specs: &[StageSpec]) -> String {
 
 /// One step of the stop: its description and its work.
 pub struct Stage {
+    /// What the stage is: name, setting, budget.
     pub spec: StageSpec,
     work: Work,
 }
@@ -290,6 +291,7 @@ pub struct StopReport {
     pub cut: Vec<&'static str>,
     /// Every stage run, with how long it took.
     pub stages: Vec<(&'static str, Duration)>,
+    /// How long the whole plan took.
     pub elapsed: Duration,
 }
 
