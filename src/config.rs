@@ -1052,6 +1052,20 @@ mod tests {
     }
 
     #[test]
+    fn the_stop_budget_sums_and_explains_the_plans_own_stages() {
+        let config = load(
+            "[tasks.t]\ncommand = [\"/bin/true\"]\nkill_grace = \"2s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.stop_budget(), Duration::from_secs(54));
+        assert_eq!(
+            config.explain_stop_budget(),
+            "http_drain 10s + 1s to cut + jobs_drain 30s + 3s to stop jobs (longest kill_grace + 1s) + flush 5s + db_close 5s"
+        );
+    }
+
+    #[test]
     fn kill_grace_counts_in_the_budget() {
         let toml = "[shutdown]\ngrace = \"53s\"\n[tasks.t]\ncommand = [\"/bin/true\"]\nkill_grace = \"2s\"\n";
         assert_eq!(load(toml, &[]).unwrap_err().key, "shutdown.grace");
