@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         return ExitCode::from(shiftd::jobs::shim::run(args.collect()));
     }
     // SAFETY: no other thread exists yet; the runtime is built below.
-    let systemd = match unsafe { SystemdEnv::take() } {
+    let systemd = match unsafe { SystemdEnv::take(service::HAND_OVER_NAMES.env_var) } {
         Ok(env) => env,
         Err(e) => {
             eprintln!("shiftd: cannot read the sockets systemd passed (LISTEN_FDS): {e}");
@@ -128,7 +128,7 @@ fn reload(config_path: Option<&std::path::Path>, timeout: Option<std::time::Dura
             ExitCode::from(exit::OK)
         }
         Err(why) => {
-            eprintln!("shiftd: reload failed: {why}");
+            eprintln!("shiftd: reload failed: {why} (systemctl status shiftd)");
             ExitCode::from(exit::FAILURE)
         }
     }

@@ -38,6 +38,13 @@ pub struct ServeOptions {
 }
 
 /// What shiftd's configuration calls the lifecycle's settings, for the messages that name them.
+/// What shiftd calls the hand-over's variable, command and timeout setting.
+pub const HAND_OVER_NAMES: lifecycle::HandOverNames = lifecycle::HandOverNames {
+    env_var: "SHIFTD_HANDOVER",
+    reload_command: "shiftd reload",
+    ready_setting: SETTING_NAMES.step_timeout,
+};
+
 pub const SETTING_NAMES: SettingNames = SettingNames {
     listen: "http.listen",
     step_timeout: "startup.step_timeout",
@@ -102,7 +109,7 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
         life.enable_hand_over(lifecycle::HandOverSettings::from_current_process(
             control_path(),
             hand_over_timeout(&config),
-            SETTING_NAMES.step_timeout,
+            HAND_OVER_NAMES,
         ));
     }
     match start(&mut life, config, config_path, log).await {

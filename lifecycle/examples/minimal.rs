@@ -17,10 +17,18 @@ use axum::routing::get;
 use axum::Router;
 use futures::future::{BoxFuture, FutureExt};
 use shiftd_lifecycle::{
-    App, HandOverSettings, Lifecycle, Notifier, Report, SettingNames, Settings, Stage, SystemdEnv,
+    App, HandOverNames, HandOverSettings, Lifecycle, Notifier, Report, SettingNames, Settings,
+    Stage, SystemdEnv,
 };
 
 /// The lifecycle's settings; a real service reads them from its configuration.
+/// What this example calls the hand-over's variable, command and timeout setting.
+const HAND_OVER: HandOverNames = HandOverNames {
+    env_var: "MINIMAL_HANDOVER",
+    reload_command: "kill -USR2 <pid>",
+    ready_setting: "step_timeout",
+};
+
 const SETTINGS: Settings = Settings {
     header_read_timeout: Duration::from_secs(10),
     step_timeout: Duration::from_secs(30),
@@ -58,7 +66,7 @@ impl App for Minimal {
 
 fn main() -> ExitCode {
     // SAFETY: first thing in main, before any thread exists.
-    let systemd = unsafe { SystemdEnv::take() }.expect("read LISTEN_FDS");
+    let systemd = unsafe { SystemdEnv::take(HAND_OVER.env_var) }.expect("read LISTEN_FDS");
     tracing_subscriber::fmt()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -72,7 +80,7 @@ fn main() -> ExitCode {
         life.enable_hand_over(HandOverSettings::from_current_process(
             std::env::temp_dir().join("minimal-example-control.sock"),
             SETTINGS.step_timeout,
-            SETTINGS.names.step_timeout,
+            HAND_OVER,
         ));
         let listener = match life.listener("127.0.0.1:3000").await {
             Ok(listener) => listener,

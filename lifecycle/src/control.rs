@@ -137,7 +137,7 @@ async fn serve_one(stream: UnixStream, requests: mpsc::Sender<HandOverRequest>) 
 pub fn request_reload(path: &Path, timeout: Duration) -> Result<String, String> {
     let mut stream = StdUnixStream::connect(path).map_err(|e| {
         format!(
-            "cannot reach the running service at {}: {e}; is shiftd running (systemctl status shiftd)?",
+            "cannot reach the running service at {}: {e}; is the service running?",
             path.display()
         )
     })?;

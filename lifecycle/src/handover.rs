@@ -10,7 +10,7 @@
 //!    service manager from the start: systemd then treats `B` as its own child when `A`
 //!    names it the main process (no "Supervising process which is not our child").
 //!    The grandchild writes its pid into the channel before it execs.
-//! 2. `B` finds the sockets and the channel in `$SHIFTD_HANDOVER`, runs every startup step
+//! 2. `B` finds the sockets and the channel in `the hand-over variable`, runs every startup step
 //!    (configuration, database, migrations), then writes `ready` (or `failed <why>`) and
 //!    waits for `main`. It has not accepted a connection or claimed a job yet.
 //! 3. `A` sends `MAINPID=<B>`, `READY=1` and `STATUS=` in one datagram (with
@@ -42,9 +42,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::listener::ActivatedFds;
 
-/// The variable that tells a process it was started by a hand-over:
-/// `chan=FD,http=FD[,control=FD]`.
-pub const ENV: &str = "SHIFTD_HANDOVER";
+/// The application's names for what a hand-over passes on or shows: the lifecycle knows
+/// no application, so these come from it.
+#[derive(Debug, Clone, Copy)]
+pub struct HandOverNames {
+    /// The environment variable that tells a new process it was started by a hand-over,
+    /// holding `chan=FD,http=FD[,control=FD]` (shiftd: `SHIFTD_HANDOVER`). The new process
+    /// reads it in [`SystemdEnv::take`](crate::SystemdEnv::take), which must be given the
+    /// same name.
+    pub env_var: &'static str,
+    /// How an operator asks for a hand-over, named in warnings (shiftd: `shiftd reload`).
+    pub reload_command: &'static str,
+    /// The setting that sizes `ready_timeout`, named when the new process is not ready in
+    /// time (shiftd: `startup.step_timeout`).
+    pub ready_setting: &'static str,
+}
 
 /// How a process that is not the main one any more asks the predecessor to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +79,8 @@ pub struct HandOverSettings {
     pub control_path: PathBuf,
     /// How long the new process may take from exec to `ready`: its startup steps.
     pub ready_timeout: Duration,
-    /// The application's name for the setting that sizes `ready_timeout`, named when the new
-    /// process is not ready in time (e.g. `startup.step_timeout`).
-    pub ready_setting: &'static str,
+    /// What the application calls the variable, the command and the setting.
+    pub names: HandOverNames,
 }
 
 impl HandOverSettings {
@@ -77,7 +88,7 @@ impl HandOverSettings {
     pub fn from_current_process(
         control_path: PathBuf,
         ready_timeout: Duration,
-        ready_setting: &'static str,
+        names: HandOverNames,
     ) -> Self {
         let mut argv = std::env::args_os();
         let argv0 = argv.next().map(PathBuf::from);
@@ -85,23 +96,24 @@ impl HandOverSettings {
             Some(p) if p.is_absolute() => p,
             _ => std::env::current_exe()
                 .map(|p| {
-                    // After an upgrade the link reads "/usr/bin/shiftd (deleted)".
+                    // After an upgrade the link reads "/usr/bin/NAME (deleted)".
                     let text = p.to_string_lossy();
                     PathBuf::from(text.trim_end_matches(" (deleted)"))
                 })
-                .unwrap_or_else(|_| PathBuf::from("/usr/bin/shiftd")),
+                // Neither an absolute argv[0] nor /proc/self/exe: the name as started.
+                .unwrap_or_else(|_| argv0.unwrap_or_default()),
         };
         Self {
             program,
             args: argv.collect(),
             control_path,
             ready_timeout,
-            ready_setting,
+            names,
         }
     }
 }
 
-/// Read from `$SHIFTD_HANDOVER` before any thread exists.
+/// Read from `the hand-over variable` before any thread exists.
 #[derive(Debug)]
 pub struct Inherited {
     /// The listening sockets (`http`, `control`) by name.
@@ -110,20 +122,20 @@ pub struct Inherited {
     pub channel: OwnedFd,
 }
 
-/// Reads and unsets `$SHIFTD_HANDOVER`; the descriptors it names get close-on-exec again
+/// Reads and unsets `the hand-over variable`; the descriptors it names get close-on-exec again
 /// (they were inherited on purpose; job processes must not inherit them further).
 ///
 /// # Safety
 /// Before any other thread exists (it calls `std::env::remove_var`).
-pub unsafe fn take_inherited() -> std::io::Result<Option<Inherited>> {
-    let Some(value) = std::env::var_os(ENV) else {
+pub unsafe fn take_inherited(var: &str) -> std::io::Result<Option<Inherited>> {
+    let Some(value) = std::env::var_os(var) else {
         return Ok(None);
     };
-    std::env::remove_var(ENV);
+    std::env::remove_var(var);
     let bad = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{ENV}={value:?} is not chan=FD,http=FD[,control=FD]"),
+            format!("{var}={value:?} is not chan=FD,http=FD[,control=FD]"),
         )
     };
     let text = value.to_str().ok_or_else(bad)?;
@@ -365,7 +377,7 @@ async fn spawn(
     Ok(ours)
 }
 
-/// The new process's command: `$SHIFTD_HANDOVER` names the inherited descriptors, systemd's
+/// The new process's command: `the hand-over variable` names the inherited descriptors, systemd's
 /// own variables are not passed on (but the watchdog's interval is), and the double fork
 /// happens before exec.
 fn command(
@@ -379,7 +391,7 @@ fn command(
     let mut command = std::process::Command::new(&settings.program);
     command
         .args(&settings.args)
-        .env(ENV, spec.join(","))
+        .env(settings.names.env_var, spec.join(","))
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
@@ -449,7 +461,7 @@ async fn read_ready(
         Err(_) => Err(HandOverError::TimedOut {
             pid,
             limit: humantime::format_duration(settings.ready_timeout).to_string(),
-            setting: settings.ready_setting,
+            setting: settings.names.ready_setting,
         }),
         Ok(Ok(0)) | Ok(Err(_)) => Err(HandOverError::Exited { pid }),
         Ok(Ok(_)) => match line.trim_end() {

@@ -51,8 +51,9 @@
 //! }
 //!
 //! fn main() {
-//!     // SAFETY: first thing in main, before any other thread exists.
-//!     let systemd = unsafe { SystemdEnv::take() }.expect("read systemd's environment");
+//!     // SAFETY: first thing in main, before any other thread exists. The name is the
+//!     // variable a hand-over (`Lifecycle::enable_hand_over`) would pass to a new process.
+//!     let systemd = unsafe { SystemdEnv::take("HELLO_HANDOVER") }.expect("read the environment");
 //!     let runtime = tokio::runtime::Runtime::new().expect("start the runtime");
 //!     runtime.block_on(async {
 //!         let signals = shiftd_lifecycle::signals::os_signals().expect("install handlers");
@@ -96,7 +97,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use control::HandOverRequest;
-pub use handover::{HandOverSettings, StopRequest};
+pub use handover::{HandOverNames, HandOverSettings, StopRequest};
 pub use listener::{ActivatedFds, Listener, Origin};
 pub use notify::{Message, Notifier};
 use server::Counters;
@@ -126,13 +127,14 @@ pub struct SystemdEnv {
 
 impl SystemdEnv {
     /// Reads and unsets `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`, `WATCHDOG_USEC`/`WATCHDOG_PID`
-    /// and `SHIFTD_HANDOVER`.
+    /// and `hand_over_var`, the application's hand-over variable (see
+    /// [`HandOverNames::env_var`]).
     ///
     /// # Safety
     /// Must be called before any other thread exists (it calls `std::env::remove_var`):
     /// call it first thing in `main`, before the tokio runtime is built.
-    pub unsafe fn take() -> std::io::Result<Self> {
-        let inherited = handover::take_inherited()?;
+    pub unsafe fn take(hand_over_var: &str) -> std::io::Result<Self> {
+        let inherited = handover::take_inherited(hand_over_var)?;
         let listen = sd_notify::listen_fds_with_names_and_unset_env()?.collect();
         let watchdog = sd_notify::watchdog_enabled_and_unset_env();
         Ok(match inherited {
@@ -409,7 +411,7 @@ impl Lifecycle {
         }
     }
 
-    /// Lets this process hand over to a new one (`shiftd reload`, SIGUSR2): binds the control
+    /// Lets this process hand over to a new one (the application's reload command, SIGUSR2): binds the control
     /// socket, or takes the one the predecessor passed. Without it, only SIGHUP's in-process
     /// reload exists. A control socket that cannot be bound is a warning, not a failed start:
     /// the service serves, and SIGUSR2 still hands over.
@@ -425,8 +427,9 @@ impl Lifecycle {
             Ok(socket) => self.control = Some(socket),
             Err(e) => tracing::warn!(
                 path = %settings.control_path.display(),
-                "cannot listen on the control socket {}: {e}; `shiftd reload` will not reach this process (SIGUSR2 still hands over)",
-                settings.control_path.display()
+                "cannot listen on the control socket {}: {e}; `{}` will not reach this process (SIGUSR2 still hands over)",
+                settings.control_path.display(),
+                settings.names.reload_command
             ),
         }
         self.hand_over = Some(settings);
