@@ -141,6 +141,7 @@ async fn start(
     state.metrics.previous_stop(&read_previous_stop());
     let router = http::router(state.clone(), body_limit);
     let notices = start_notices(&life.handle(), &state, &db, notice_settings);
+    state.start_work();
     let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,
@@ -256,8 +257,10 @@ impl AppStateError {
     }
 }
 
-/// The state handlers share, with the job runner started. Tests build theirs with it too.
-/// Fails when a task's parameter rule does not compile or the job runner cannot start.
+/// The state handlers share, with the job runner and the scheduler built but not started
+/// ([`AppState::start_work`] starts them; `start` does, as the last startup step). Tests
+/// build theirs with it too. Fails when a task's parameter rule does not compile or the
+/// thread that starts jobs cannot start.
 pub fn app_state(
     config: Config,
     db: Db,
@@ -273,17 +276,16 @@ pub fn app_state(
         let on_attempt = Arc::new(move |task: &str, outcome: &str, took: Duration| {
             metrics.job_attempt(task, outcome, took)
         });
-        Runner::start(
+        Runner::new(
             store.clone(),
             RunnerSettings::from_config(&config, tasks.clone()),
             on_attempt,
         )?
     };
-    let scheduler = crate::jobs::Scheduler::start(
+    let scheduler = crate::jobs::Scheduler::new(
         store.clone(),
         runner.clone(),
         crate::jobs::SchedulerSettings::from_config(&config, &tasks),
-        lifecycle.stopping(),
     );
     Ok(AppState::new(AppStateInner {
         lifecycle,
@@ -302,6 +304,7 @@ pub fn app_state(
         config: Swap::new(config),
         db,
         openapi: crate::http::openapi::BaseDoc::new(),
+        working: std::sync::Once::new(),
     }))
 }
 

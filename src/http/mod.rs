@@ -66,8 +66,20 @@ impl<T> Swap<T> {
 pub struct AppState(Arc<AppStateInner>);
 
 impl AppState {
+    /// The state, with the runner and the scheduler built but not started: building it has
+    /// no effect beyond the objects themselves, so a test can build a router without jobs
+    /// running, and the service starts them as it begins to serve ([`AppState::start_work`]).
     pub fn new(inner: AppStateInner) -> Self {
         Self(Arc::new(inner))
+    }
+
+    /// Starts the runner (claiming, flushing, upkeep) and the scheduler, which ends as the
+    /// stop begins. Once; later calls do nothing.
+    pub fn start_work(&self) {
+        self.working.call_once(|| {
+            self.jobs.runner.start();
+            self.jobs.scheduler.start(self.lifecycle.stopping());
+        });
     }
 }
 
@@ -92,6 +104,8 @@ pub struct AppStateInner {
     pub metrics: Arc<Metrics>,
     /// The OpenAPI document of the routes, which `/v1/openapi.json` writes out per task.
     pub openapi: openapi::BaseDoc,
+    /// Set once the runner and the scheduler have been started (see [`AppState::start_work`]).
+    pub working: std::sync::Once,
 }
 
 impl AppStateInner {
