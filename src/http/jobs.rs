@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, Snapshot};
 use crate::dbfault::{classify, FaultKind};
 use crate::jobs::store::NewJob;
 use crate::jobs::{Job, JobPage, JobState, ListFilter, OutputLine};
@@ -278,7 +278,7 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (caller, task) = caller_and_task(&state, &headers, &task_name)?;
+    let (caller, task) = caller_and_task(&state.snapshot(), &headers, &task_name)?;
     let request: CreateJob = if body.iter().all(u8::is_ascii_whitespace) {
         CreateJob {
             params: serde_json::Map::new(),
@@ -346,12 +346,12 @@ fn valid_key(k: &str) -> bool {
 
 /// Who is asking, and the task they may start: 401/403 for the token, 404 for the task.
 pub(super) fn caller_and_task(
-    state: &AppState,
+    snapshot: &Snapshot,
     headers: &HeaderMap,
     task_name: &str,
 ) -> Result<(crate::http::auth::Caller, std::sync::Arc<crate::jobs::Task>), ApiError> {
-    let caller = state.auth().authenticate(headers)?;
-    let task = state.task(task_name).ok_or_else(|| {
+    let caller = snapshot.auth.authenticate(headers)?;
+    let task = snapshot.task(task_name).cloned().ok_or_else(|| {
         ApiError::NotFound(format!(
             "no task named `{task_name}`; GET /v1/tasks lists them"
         ))
@@ -393,11 +393,14 @@ pub async fn create_jobs_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (caller, task) = caller_and_task(&state, &headers, &task_name)?;
+    let (caller, task, max) = {
+        let snapshot = state.snapshot();
+        let (caller, task) = caller_and_task(&snapshot, &headers, &task_name)?;
+        (caller, task, snapshot.config.jobs.batch_max as usize)
+    };
     let request: CreateJobs = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
     })?;
-    let max = state.config().jobs.batch_max as usize;
     if request.jobs.len() > max {
         return Err(ApiError::TooLarge(format!(
             "{} jobs in one batch; at most {max} (jobs.batch_max) per request",
@@ -516,7 +519,7 @@ pub async fn get_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<JobView>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    let caller = state.snapshot().auth.authenticate(&headers)?;
     let job = load_job(&state, &id, &caller).await?;
     let store = &state.jobs.store;
     let output_tail = read(|| store.output_tail(job.id, TAIL_LINES)).await?;
@@ -537,7 +540,7 @@ pub async fn list_jobs(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<JobPage>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    let caller = state.snapshot().auth.authenticate(&headers)?;
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(raw) => raw
@@ -593,7 +596,7 @@ pub async fn cancel_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Job>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    let caller = state.snapshot().auth.authenticate(&headers)?;
     let job = load_job(&state, &id, &caller).await?;
     caller.may_use(&job.task)?;
     if job.state.is_final() {
@@ -641,7 +644,12 @@ pub async fn job_log(
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    // The token and the follow limits from one snapshot, read before any await.
+    let (caller, follow_limits) = {
+        let snapshot = state.snapshot();
+        let caller = snapshot.auth.authenticate(&headers)?;
+        (caller, FollowLimits::of(&snapshot.config))
+    };
     let job = load_job(&state, &id, &caller).await?;
     let follow = match q.follow.as_deref() {
         None | Some("0") | Some("false") => false,
@@ -700,7 +708,7 @@ pub async fn job_log(
     Ok((
         text,
         [(header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(follow_stream(state, job.id, after, limit)),
+        Body::from_stream(follow_stream(state, follow_limits, job.id, after, limit)),
     )
         .into_response())
 }
@@ -745,23 +753,39 @@ fn push_lines(text: &mut String, lines: &[OutputLine]) {
     }
 }
 
+/// How a followed log is read: how often to look for new lines, and for how long at most.
+#[derive(Clone, Copy)]
+struct FollowLimits {
+    poll: Duration,
+    follow_max: Duration,
+}
+
+impl FollowLimits {
+    fn of(config: &crate::config::Config) -> Self {
+        Self {
+            poll: config
+                .jobs
+                .log_flush_interval
+                .max(Duration::from_millis(100)),
+            follow_max: config.http.follow_max,
+        }
+    }
+}
+
 /// New lines as they are written, until the job ends, `limit` lines were sent,
 /// `http.follow_max` passed, or this process starts to stop (the stream then ends cleanly;
 /// a client asks again from its last line, at the next process after a stop).
 fn follow_stream(
     state: AppState,
+    limits: FollowLimits,
     job_id: i64,
     after: i64,
     limit: Option<i64>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let config = state.config();
-    let poll = config
-        .jobs
-        .log_flush_interval
-        .max(Duration::from_millis(100));
+    let poll = limits.poll;
     // Every wait has an end: past http.follow_max the stream ends cleanly, and a client
     // asks again from its last line (as after a restart).
-    let until = tokio::time::Instant::now() + config.http.follow_max;
+    let until = tokio::time::Instant::now() + limits.follow_max;
     futures::stream::unfold(
         (state, after, false, limit.unwrap_or(i64::MAX)),
         move |(state, after, ended, left)| async move {
@@ -824,13 +848,15 @@ pub async fn list_tasks(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
-    let tasks = state.tasks();
+    // Kept across the read below: the tasks listed are those of the token's snapshot.
+    let snapshot = state.snapshot_full();
+    let caller = snapshot.auth.authenticate(&headers)?;
     let store = &state.jobs.store;
     let paused = read(|| store.paused()).await?;
     let now = crate::jobs::store::now_ms();
     Ok(Json(
-        tasks
+        snapshot
+            .tasks
             .values()
             .filter(|t| caller.allows(&t.name))
             .map(|t| TaskView {

@@ -238,7 +238,7 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         metrics.unserved.get_or_create(&Task { task }).set(n);
     }
     metrics.paused.clear();
-    for task in state.tasks().keys() {
+    for task in state.snapshot().tasks.keys() {
         metrics
             .paused
             .get_or_create(&Task { task: task.clone() })
