@@ -18,7 +18,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// 200 only when the database answers and the service is not stopping.
-#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the database does not answer", body = super::jobs::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the database does not answer", body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.lifecycle.is_stopping() {
         return error_response(

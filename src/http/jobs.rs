@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, Snapshot};
 use crate::dbfault::{classify, FaultKind};
 use crate::jobs::store::NewJob;
@@ -106,13 +106,6 @@ pub struct JobView {
     pub job: Job,
     /// The last lines of output, oldest first.
     pub output_tail: Vec<String>,
-}
-
-/// The JSON shape of every error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
 }
 
 /// A configured task, as clients see it (no environment values).

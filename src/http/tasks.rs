@@ -9,7 +9,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::jobs::{caller_and_task, ErrorBody};
+use super::error::ErrorBody;
+use super::jobs::caller_and_task;
 use super::AppState;
 
 /// Whether a task is paused.
