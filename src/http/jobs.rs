@@ -391,76 +391,14 @@ pub async fn create_jobs_batch(
         let (caller, task) = caller_and_task(&snapshot, &headers, &task_name)?;
         (caller, task, snapshot.config.jobs.batch_max as usize)
     };
-    let request: CreateJobs = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
-    })?;
-    if request.jobs.len() > max {
-        return Err(ApiError::TooLarge(format!(
-            "{} jobs in one batch; at most {max} (jobs.batch_max) per request",
-            request.jobs.len()
-        )));
-    }
-    if request.jobs.is_empty() {
-        return Err(ApiError::Unprocessable(
-            "`jobs` is empty; a batch holds 1 or more jobs".into(),
-        ));
-    }
-    // A key names one job, within a batch as across requests: a repeat with the same
-    // parameters is that job again (its id twice in the answer), with others a conflict.
-    let mut seen: std::collections::HashMap<&str, (usize, usize)> = Default::default();
-    let mut jobs: Vec<NewJob> = Vec::with_capacity(request.jobs.len());
-    // For each job of the request, its place in `jobs` and the request index that put it there.
-    let mut slots: Vec<usize> = Vec::with_capacity(request.jobs.len());
-    let mut first_index: Vec<usize> = Vec::with_capacity(request.jobs.len());
-    for (i, job) in request.jobs.iter().enumerate() {
-        if let Some(key) = job.idempotency_key.as_deref() {
-            if !valid_key(key) {
-                return Err(ApiError::Unprocessable(format!(
-                    "jobs[{i}]: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters; nothing was queued"
-                )));
-            }
-        }
-        let params = task
-            .check_params(&job.params)
-            .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
-        let run_after = start_time(
-            job.run_at.as_deref(),
-            job.delay.as_deref(),
-            &format!("jobs[{i}]: "),
-        )
-        .map_err(|e| match e {
-            ApiError::Unprocessable(m) => {
-                ApiError::Unprocessable(format!("{m}; nothing was queued"))
-            }
-            e => e,
-        })?;
-        let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
-        if let Some(key) = job.idempotency_key.as_deref() {
-            if let Some(&(first, slot)) = seen.get(key) {
-                if jobs[slot].params != params {
-                    return Err(ApiError::Conflict(format!(
-                        "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}], with different parameters; use a new key; nothing was queued"
-                    )));
-                }
-                slots.push(slot);
-                continue;
-            }
-            seen.insert(key, (i, jobs.len()));
-        }
-        slots.push(jobs.len());
-        first_index.push(i);
-        jobs.push(NewJob {
-            params,
-            idempotency_key: job.idempotency_key.clone(),
-            run_after,
-        });
-    }
+    let request = parse_batch(&body, max)?;
+    let batch = check_batch(&task, &request.jobs)?;
     let done = state
         .jobs
         .store
         .enqueue_batch(
             &task_name,
-            &jobs,
+            &batch.jobs,
             i64::from(task.config.max_attempts),
             caller.name.as_deref(),
         )
@@ -468,8 +406,8 @@ pub async fn create_jobs_batch(
     let done = done.map_err(|conflict| {
         ApiError::Conflict(format!(
             "jobs[{}]: idempotency_key `{}` was used for job {} with different parameters; use a new key; nothing was queued",
-            first_index[conflict.index],
-            jobs[conflict.index].idempotency_key.as_deref().unwrap_or_default(),
+            batch.first_index[conflict.index],
+            batch.jobs[conflict.index].idempotency_key.as_deref().unwrap_or_default(),
             conflict.id
         ))
     })?;
@@ -486,11 +424,99 @@ pub async fn create_jobs_batch(
     Ok((
         status,
         Json(BatchCreated {
-            ids: slots.iter().map(|&slot| done[slot].id).collect(),
+            ids: batch.slots.iter().map(|&slot| done[slot].id).collect(),
             created,
         }),
     )
         .into_response())
+}
+
+/// A batch's body, refused when it is not JSON, has more than `max` jobs or none.
+fn parse_batch(body: &[u8], max: usize) -> Result<CreateJobs, ApiError> {
+    let request: CreateJobs = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
+    })?;
+    if request.jobs.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "{} jobs in one batch; at most {max} (jobs.batch_max) per request",
+            request.jobs.len()
+        )));
+    }
+    if request.jobs.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "`jobs` is empty; a batch holds 1 or more jobs".into(),
+        ));
+    }
+    Ok(request)
+}
+
+/// The jobs a batch stores: each distinct one once, in the order of the request.
+struct CheckedBatch {
+    jobs: Vec<NewJob>,
+    /// For each job of the request, its place in `jobs`.
+    slots: Vec<usize>,
+    /// For each of `jobs`, the index in the request of the job that put it there.
+    first_index: Vec<usize>,
+}
+
+/// Checks every job of a batch before anything is stored; the first one refused names its
+/// index. A key names one job, within a batch as across requests: a repeat with the same
+/// parameters is that job again (its id twice in the answer), with others a conflict.
+fn check_batch(task: &crate::jobs::Task, request: &[BatchJob]) -> Result<CheckedBatch, ApiError> {
+    let mut seen: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    let mut batch = CheckedBatch {
+        jobs: Vec::with_capacity(request.len()),
+        slots: Vec::with_capacity(request.len()),
+        first_index: Vec::with_capacity(request.len()),
+    };
+    for (i, job) in request.iter().enumerate() {
+        let new = check_batch_job(task, i, job)?;
+        if let Some(key) = job.idempotency_key.as_deref() {
+            if let Some(&(first, slot)) = seen.get(key) {
+                if batch.jobs[slot].params != new.params {
+                    return Err(ApiError::Conflict(format!(
+                        "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}], with different parameters; use a new key; nothing was queued"
+                    )));
+                }
+                batch.slots.push(slot);
+                continue;
+            }
+            seen.insert(key, (i, batch.jobs.len()));
+        }
+        batch.slots.push(batch.jobs.len());
+        batch.first_index.push(i);
+        batch.jobs.push(new);
+    }
+    Ok(batch)
+}
+
+/// One job of a batch (index `i`) as it would be stored: its key, parameters and start.
+fn check_batch_job(task: &crate::jobs::Task, i: usize, job: &BatchJob) -> Result<NewJob, ApiError> {
+    if let Some(key) = job.idempotency_key.as_deref() {
+        if !valid_key(key) {
+            return Err(ApiError::Unprocessable(format!(
+                "jobs[{i}]: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters; nothing was queued"
+            )));
+        }
+    }
+    let params = task
+        .check_params(&job.params)
+        .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
+    let run_after = start_time(
+        job.run_at.as_deref(),
+        job.delay.as_deref(),
+        &format!("jobs[{i}]: "),
+    )
+    .map_err(|e| match e {
+        ApiError::Unprocessable(m) => ApiError::Unprocessable(format!("{m}; nothing was queued")),
+        e => e,
+    })?;
+    let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(NewJob {
+        params,
+        idempotency_key: job.idempotency_key.clone(),
+        run_after,
+    })
 }
 
 /// One job, with the end of its output.
