@@ -320,7 +320,10 @@ mod tests {
 
     #[test]
     fn a_tampered_cookie_is_refused() {
-        let auth = auth(&[("ops", "s3cret-s3cret-s3cret"), ("ci", "other-other-other-other")]);
+        let auth = auth(&[
+            ("ops", "s3cret-s3cret-s3cret"),
+            ("ci", "other-other-other-other"),
+        ]);
         let value = cookie_value(&key(&auth, "ops"), "ops", 2000);
         // A later expiry with the same MAC.
         let longer = value.replace(".2000.", ".9000.");
@@ -347,7 +350,10 @@ mod tests {
 
     #[test]
     fn the_csrf_token_of_one_session_does_not_fit_another() {
-        let auth = auth(&[("ops", "s3cret-s3cret-s3cret"), ("ci", "other-other-other-other")]);
+        let auth = auth(&[
+            ("ops", "s3cret-s3cret-s3cret"),
+            ("ci", "other-other-other-other"),
+        ]);
         let ops = cookie_value(&key(&auth, "ops"), "ops", 2000);
         let (session, _) = check_cookie(&auth, &ops, 1000).unwrap();
         assert!(!csrf_matches(
