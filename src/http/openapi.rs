@@ -31,14 +31,24 @@ pub struct BaseDoc(pub Value);
 
 impl BaseDoc {
     /// The routes' document, with what their derive cannot say: `run_at` and `delay` of a
-    /// start exclude each other.
+    /// start exclude each other. A `null` is "not given" (serde reads it as `None`), so only
+    /// two non-null values are excluded: exactly what the server refuses with 422.
     pub fn new() -> Self {
         let mut doc = serde_json::to_value(super::openapi()).expect("the OpenAPI document is JSON");
         for name in ["CreateJob", "BatchJob"] {
             if let Some(Value::Object(schema)) =
                 doc.pointer_mut(&format!("/components/schemas/{name}"))
             {
-                schema.insert("not".into(), json!({ "required": ["run_at", "delay"] }));
+                schema.insert(
+                    "not".into(),
+                    json!({
+                        "required": ["run_at", "delay"],
+                        "properties": {
+                            "run_at": { "type": "string" },
+                            "delay": { "type": "string" }
+                        }
+                    }),
+                );
             }
         }
         Self(doc)
@@ -52,9 +62,13 @@ impl Default for BaseDoc {
 }
 
 pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let tasks = state.tasks();
-    let visible: Vec<&Arc<Task>> = match state.auth().authenticate(&headers) {
-        Ok(caller) => tasks.values().filter(|t| caller.allows(&t.name)).collect(),
+    let snapshot = state.snapshot();
+    let visible: Vec<&Arc<Task>> = match snapshot.auth.authenticate(&headers) {
+        Ok(caller) => snapshot
+            .tasks
+            .values()
+            .filter(|t| caller.allows(&t.name))
+            .collect(),
         Err(_) => Vec::new(),
     };
     Json(for_tasks(&state.openapi.0, &visible)).into_response()

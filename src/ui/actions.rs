@@ -24,7 +24,7 @@ fn usable_task(
     viewer: &Viewer,
     name: &str,
 ) -> Result<std::sync::Arc<Task>, Box<Response>> {
-    let task = state.task(name).ok_or_else(|| {
+    let task = state.snapshot().task(name).cloned().ok_or_else(|| {
         Box::new(super::error_page(
             StatusCode::NOT_FOUND,
             &format!("no task named `{name}`"),

@@ -85,7 +85,8 @@ fn job_stream(
     job_id: i64,
     after: i64,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let config = state.config();
+    let snapshot = state.snapshot();
+    let config = &snapshot.config;
     let progress = Progress {
         until: tokio::time::Instant::now() + config.http.follow_max,
         poll: config

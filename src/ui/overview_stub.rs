@@ -58,7 +58,8 @@ pub async fn overview(state: &AppState) -> Result<Overview, crate::http::ApiErro
             .sum::<i64>()
     };
     let queue = state
-        .tasks()
+        .snapshot()
+        .tasks
         .keys()
         .map(|task| {
             let (queued, running) = view.depth.get(task).copied().unwrap_or((0, 0));

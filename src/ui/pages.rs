@@ -165,7 +165,8 @@ pub async fn jobs_page(
 }
 
 fn jobs_body(state: &AppState, viewer: &Viewer, q: &JobsQuery, page: &JobPage) -> Markup {
-    let tasks = state.tasks();
+    let snapshot = state.snapshot();
+    let tasks = &snapshot.tasks;
     let task_now = q.task.as_deref().unwrap_or("");
     let state_now = q.state.as_deref().unwrap_or("");
     // Only the first page follows new jobs; older pages stay as they are.

@@ -27,7 +27,8 @@ pub async fn tasks_page(
         Ok(paused) => paused,
         Err(e) => return super::api_error_page(ApiError::from(e)),
     };
-    let tasks = state.tasks();
+    let snapshot = state.snapshot();
+    let tasks = &snapshot.tasks;
     let now = crate::jobs::store::now_ms();
     let body = html! {
         h1 { "Tasks" }

@@ -159,14 +159,15 @@ fn cookie_in(headers: &HeaderMap) -> Option<&str> {
 
 /// Who is asking: `None` when tokens are configured and there is no valid session.
 pub fn viewer(state: &AppState, headers: &HeaderMap) -> Option<Viewer> {
-    let auth = state.auth();
+    let snapshot = state.snapshot();
+    let auth = &snapshot.auth;
     if !auth.enabled() {
         return Some(Viewer {
             caller: Auth::open_caller(),
             session: None,
         });
     }
-    let (session, caller) = check_cookie(&auth, cookie_in(headers)?, now_secs())?;
+    let (session, caller) = check_cookie(auth, cookie_in(headers)?, now_secs())?;
     Some(Viewer {
         caller,
         session: Some(session),
@@ -221,7 +222,7 @@ fn set_cookie(headers: &HeaderMap, value: &str, max_age: u64) -> (header::Header
 
 /// `GET /ui/login`: the form (or the overview when no token is configured: nothing to log in).
 pub async fn login_form(State(state): State<AppState>) -> Response {
-    if !state.auth().enabled() {
+    if !state.snapshot().auth.enabled() {
         return Redirect::to("/ui/").into_response();
     }
     super::html(super::pages::login_page(None))
@@ -240,7 +241,8 @@ pub async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    let auth = state.auth();
+    let snapshot = state.snapshot_full();
+    let auth = &snapshot.auth;
     if !auth.enabled() {
         return Redirect::to("/ui/").into_response();
     }
@@ -250,7 +252,7 @@ pub async fn login(
         return (StatusCode::UNAUTHORIZED, super::html(page)).into_response();
     };
     let (key, _) = auth.session_key(&name).expect("the token was just found");
-    let ttl = state.config().ui.session_ttl.as_secs();
+    let ttl = snapshot.config.ui.session_ttl.as_secs();
     let expiry = now_secs() + ttl;
     tracing::info!(token = %name, "dashboard login");
     let cookie = set_cookie(&headers, &cookie_value(&key, &name, expiry), ttl);
