@@ -55,9 +55,15 @@ pub async fn job_events(
         Err(page) => return *page,
     };
     let after = resume_after(&headers, &q);
-    Sse::new(job_stream(state, job.id, after))
+    let mut response = Sse::new(job_stream(state, job.id, after))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response();
+    // nginx buffers proxied responses by default; an event must pass at once.
+    response.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    response
 }
 
 /// What the stream has sent so far.
