@@ -819,6 +819,10 @@ class Suite:
                 f'<input name="x" value="1"></form></body>').encode()
 
         class Forger(http.server.BaseHTTPRequestHandler):
+            # The browser may open a connection it never uses (a preconnect): it must hold
+            # neither the page nor the shutdown below.
+            timeout = 5
+
             def do_GET(self):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
@@ -828,7 +832,8 @@ class Suite:
             def log_message(self, *args):
                 pass
 
-        server = http.server.HTTPServer(("127.0.0.1", 0), Forger)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forger)
+        server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -1071,7 +1076,11 @@ def main(argv):
         print(f"browser: no scenario {', '.join(sorted(unknown))} (--list)", file=sys.stderr)
         return 2
     become_subreaper()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def interrupted(signum, _frame):
+        print(f"browser: interrupted by signal {signum}; stopping what the suite started", flush=True)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
     shutil.rmtree(SHOTS, ignore_errors=True)
     suite = Suite()
     suite.others = []
