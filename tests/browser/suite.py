@@ -494,6 +494,26 @@ class Suite:
             if "no-store" not in (headers.get("Cache-Control") or ""):
                 raise Failure(f"GET {path}: Cache-Control is {headers.get('Cache-Control')!r}")
         self.check_forged_cookies()
+        self.check_login_answers()
+
+    def check_login_answers(self):
+        """A wrong token is a 401 with the form again; a right one a cookie, with Secure
+        only when a TLS proxy says so (X-Forwarded-Proto: https)."""
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        status, headers, body = http_request("POST", self.shiftd.base + "/ui/login", b"token=wrong-token-0123456789", form)
+        if status != 401 or "that token is not valid" not in body or headers.get("Set-Cookie"):
+            raise Failure(f"a wrong token at the login answered {status} (cookie: {headers.get('Set-Cookie')!r})")
+        body = urllib.parse.urlencode({"token": ADMIN[1]}).encode()
+        for proxied, secure in (({}, False), ({"X-Forwarded-Proto": "https"}, True)):
+            status, headers, _ = http_request("POST", self.shiftd.base + "/ui/login", body, {**form, **proxied})
+            cookie = headers.get("Set-Cookie") or ""
+            if not (300 <= status < 400) or "shiftd_session=" not in cookie:
+                raise Failure(f"a right token at the login answered {status} with cookie {cookie!r}")
+            flags = [f.strip().lower() for f in cookie.split(";")[1:]]
+            if ("secure" in flags) != secure:
+                raise Failure(f"Set-Cookie {cookie!r} {'lacks' if secure else 'has'} Secure with {proxied or 'no proxy header'}")
+            if "max-age=43200" not in flags:
+                raise Failure(f"Set-Cookie {cookie!r} does not last the default 12h")
 
     def check_forged_cookies(self):
         """The cookie is checked, not trusted: one minted as the design says works, an
@@ -922,9 +942,10 @@ class Suite:
             raise Failure(f"the task filter offers other tasks: {sorted(options - {'', 'hello'})}")
         self.shot("jobs-limited")
         for other in ("slow_live", "greet"):
-            status, _ = self.fetch("GET", f"/ui/jobs/{self.ids[other]}", None)
-            if status != 404:
-                raise Failure(f"the limited token's GET of a {other} job answered {status}, not 404")
+            for path in (f"/ui/jobs/{self.ids[other]}", f"/ui/jobs/{self.ids[other]}/events"):
+                status, _ = self.fetch("GET", path, None)
+                if status != 404:
+                    raise Failure(f"the limited token's GET {path} ({other}) answered {status}, not 404")
         self.get("/ui/tasks")
         self.check_frame("tasks")
         tasks = {r.get_attribute("data-task") for r in self.all("#tasks tr.task")}
@@ -958,6 +979,20 @@ class Suite:
         self.wait_page("login")
         self.shiftd.write_config()
         self.shiftd.proc.send_signal(signal.SIGHUP)
+
+    def s_service_log(self):
+        """shiftd's log names tokens, never their secrets (nor what was typed at the
+        login), and has no error or panic from anything the suite did."""
+        with open(self.shiftd.log_path, errors="replace") as f:
+            log = f.read()
+        for secret in (ADMIN[1], LIMITED[1], "not-a-token-of-this-service", "wrong-token-0123456789"):
+            if secret in log:
+                raise Failure(f"the log holds a secret typed at the login or sent as a token: {secret[:8]}...")
+        bad = [line for line in log.splitlines() if " ERROR " in line or "panicked" in line]
+        if bad:
+            raise Failure(f"the log has {len(bad)} error line(s), the first: {bad[0]}")
+        if "dashboard login" not in log:
+            raise Failure("no login is in the log")
 
     def s_read_only(self):
         """Without tokens: every page says read-only, no form is offered, actions are 403."""
@@ -997,6 +1032,7 @@ SCENARIOS = [
     ("overview-follows-a-restart", Suite.s_stop_shown),
     ("limited-token", Suite.s_limited),
     ("read-only-without-tokens", Suite.s_read_only),
+    ("service-log-clean", Suite.s_service_log),
 ]
 
 
