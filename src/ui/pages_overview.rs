@@ -21,7 +21,7 @@ pub async fn overview_page(
         Ok(v) => v,
         Err(login) => return *login,
     };
-    let data = match overview(&state).await {
+    let data = match overview(&state, viewer.caller.readable_tasks()).await {
         Ok(data) => data,
         Err(e) => return super::api_error_page(e),
     };
@@ -99,7 +99,7 @@ fn ms_text(ms: u64) -> String {
 
 /// One stop: each stage's time against its budget, cut work in red with the setting to raise.
 fn stop_section(stop: &StopEntry) -> Markup {
-    let at = crate::jobs::store::format_ms(i64::try_from(stop.at).unwrap_or(0) * 1000);
+    let at = crate::jobs::store::format_ms(stop.at.saturating_mul(1000));
     html! {
         section.stop data-kind=(stop.kind) {
             h3 { (stop.kind) " at " (at) " · version " (stop.version) " · " (ms_text(stop.elapsed_ms)) }
