@@ -174,6 +174,11 @@ async fn login_sets_a_strict_cookie_and_every_page_a_strict_policy() {
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"data-page="overview""#) && html.contains(r#"id="state""#));
     assert!(!html.contains(r#"id="readonly""#));
+    let live = page(app.addr, "/ui/?partial=live", Some(&cookie)).await;
+    assert!(
+        live.contains(r#"id="state""#) && !live.contains("<html"),
+        "{live}"
+    );
     assert!(app.stderr.contains("dashboard login"));
     assert!(
         !app.stderr.dump().contains(OPS),

@@ -15,7 +15,7 @@ pub struct TaskQueue {
 
 /// One stage of a stop, as the stop history records it.
 #[derive(Debug, Clone)]
-pub struct StopStage {
+pub struct StageEntry {
     pub name: String,
     pub setting: String,
     pub budget_ms: u64,
@@ -27,18 +27,18 @@ pub struct StopStage {
 /// One stop of this host, as the stop history records it.
 #[derive(Debug, Clone)]
 pub struct StopEntry {
-    pub at: u64,
+    pub at: i64,
     pub kind: String,
     pub version: String,
     pub elapsed_ms: u64,
-    pub stages: Vec<StopStage>,
+    pub stages: Vec<StageEntry>,
 }
 
 /// What the overview page shows.
 #[derive(Debug, Clone)]
 pub struct Overview {
-    pub state: String,
-    pub version: String,
+    pub state: &'static str,
+    pub version: &'static str,
     pub uptime: std::time::Duration,
     pub in_flight: usize,
     pub queue: Vec<TaskQueue>,
@@ -48,7 +48,15 @@ pub struct Overview {
     pub stops: Vec<StopEntry>,
 }
 
-pub async fn overview(state: &AppState) -> Result<Overview, crate::http::ApiError> {
+/// The overview for a caller who may read the tasks `readable` (`None`: every task).
+pub async fn overview(
+    state: &AppState,
+    readable: Option<&[String]>,
+) -> Result<Overview, crate::http::ApiError> {
+    let may_read = |task: &str| match readable {
+        None => true,
+        Some(r) => r.iter().any(|t| t == task),
+    };
     let view = state.jobs.runner.view();
     let scheduled = |task: &str| {
         view.counts
@@ -61,6 +69,7 @@ pub async fn overview(state: &AppState) -> Result<Overview, crate::http::ApiErro
         .snapshot()
         .tasks
         .keys()
+        .filter(|task| may_read(task))
         .map(|task| {
             let (queued, running) = view.depth.get(task).copied().unwrap_or((0, 0));
             TaskQueue {
@@ -72,12 +81,17 @@ pub async fn overview(state: &AppState) -> Result<Overview, crate::http::ApiErro
         })
         .collect();
     Ok(Overview {
-        state: state.lifecycle.state().as_str().to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        state: state.lifecycle.state().as_str(),
+        version: env!("CARGO_PKG_VERSION"),
         uptime: state.lifecycle.uptime(),
         in_flight: state.lifecycle.in_flight(),
         queue,
-        paused: view.paused.keys().cloned().collect(),
+        paused: view
+            .paused
+            .keys()
+            .filter(|t| may_read(t))
+            .cloned()
+            .collect(),
         db_size_bytes: view.size_bytes.and_then(|n| u64::try_from(n).ok()),
         chart_svg: String::new(),
         stops: Vec::new(),

@@ -5,27 +5,43 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use maud::{html, Markup, PreEscaped};
+use serde::Deserialize;
 
 use super::overview::{overview, Overview, StopEntry};
-use super::pages::{layout, MsgQuery};
+use super::pages::layout;
 use super::session::{page_viewer, Viewer};
 use crate::http::AppState;
 
-/// `/ui/`: the overview (the login page first when a session is needed).
+#[derive(Debug, Default, Deserialize)]
+pub struct OverviewQuery {
+    pub msg: Option<String>,
+    /// `live`: only the part the page's script refreshes every 2 s.
+    pub partial: Option<String>,
+}
+
+/// `/ui/`: the overview (the login page first when a session is needed). The page's
+/// script fetches `?partial=live` every 2 s, so a restart can be watched as it happens.
 pub async fn overview_page(
     State(state): State<AppState>,
-    Query(q): Query<MsgQuery>,
+    Query(q): Query<OverviewQuery>,
     headers: HeaderMap,
 ) -> Response {
     let viewer = match page_viewer(&state, &headers) {
         Ok(v) => v,
         Err(login) => return *login,
     };
-    let data = match overview(&state).await {
+    let data = match overview(&state, viewer.caller.readable_tasks()).await {
         Ok(data) => data,
         Err(e) => return super::api_error_page(e),
     };
-    let body = overview_body(&viewer, &data);
+    let live = overview_live(&viewer, &data);
+    if q.partial.as_deref() == Some("live") {
+        return super::html(live);
+    }
+    let body = html! {
+        h1 { "Overview" }
+        div #overview-live data-refresh="/ui/?partial=live" { (live) }
+    };
     super::html(layout(
         "overview",
         "Overview",
@@ -45,9 +61,9 @@ fn uptime_text(d: std::time::Duration) -> String {
     humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
 }
 
-fn overview_body(viewer: &Viewer, o: &Overview) -> Markup {
+/// What the overview shows, refreshed in place by the page's script.
+fn overview_live(viewer: &Viewer, o: &Overview) -> Markup {
     html! {
-        h1 { "Overview" }
         dl #service {
             dt { "State" } dd { span #state class={ "state " (o.state) } { (o.state) } }
             dt { "Version" } dd #version { (o.version) }
@@ -99,7 +115,7 @@ fn ms_text(ms: u64) -> String {
 
 /// One stop: each stage's time against its budget, cut work in red with the setting to raise.
 fn stop_section(stop: &StopEntry) -> Markup {
-    let at = crate::jobs::store::format_ms(i64::try_from(stop.at).unwrap_or(0) * 1000);
+    let at = crate::jobs::store::format_ms(stop.at.saturating_mul(1000));
     html! {
         section.stop data-kind=(stop.kind) {
             h3 { (stop.kind) " at " (at) " · version " (stop.version) " · " (ms_text(stop.elapsed_ms)) }

@@ -3,15 +3,15 @@
 (function () {
   function $(id) { return document.getElementById(id); }
 
-  // Jobs list: the first page's rows are fetched again every 2 s.
-  function pollRows(tbody) {
-    var url = tbody.getAttribute("data-rows-url");
+  // Replaces el's content with url's every 2 s: the jobs list's first page (its rows) and
+  // the overview's live part. A failed fetch (a restart) leaves the last one shown.
+  function poll(el, url, then) {
     if (!url) return;
     setInterval(function () {
       fetch(url, { credentials: "same-origin", cache: "no-store" }).then(function (r) {
         if (r.ok && !r.redirected) return r.text();
       }).then(function (html) {
-        if (typeof html === "string") tbody.innerHTML = html;
+        if (typeof html === "string") { el.innerHTML = html; if (then) then(); }
       }).catch(function () {});
     }, 2000);
   }
@@ -73,9 +73,11 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     var rows = $("job-rows");
-    if (rows) pollRows(rows);
+    if (rows) poll(rows, rows.getAttribute("data-rows-url"));
     var log = $("log");
     if (log) followLog(log);
+    var live = $("overview-live");
+    if (live) poll(live, live.getAttribute("data-refresh"), sizeBars);
     sizeBars();
   });
 })();
