@@ -120,13 +120,17 @@ fn stop_section(stop: &StopEntry) -> Markup {
         section.stop data-kind=(stop.kind) {
             h3 { (stop.kind) " at " (at) " · version " (stop.version) " · " (ms_text(stop.elapsed_ms)) }
             @for stage in &stop.stages {
-                @let width = (stage.took_ms * 100).checked_div(stage.budget_ms).unwrap_or(100).min(100);
+                // A stage without a budget (stop-accepting) has nothing to fill.
+                @let width = (stage.took_ms * 100).checked_div(stage.budget_ms).unwrap_or(0).min(100);
                 div.stage data-stage=(stage.name) {
                     span.name { (stage.name) }
                     div.budget {
                         div class={ "bar" @if stage.cut { " cut" } } data-width=(width) {}
                     }
-                    span.took { (ms_text(stage.took_ms)) " / " (ms_text(stage.budget_ms)) }
+                    span.took {
+                        (ms_text(stage.took_ms))
+                        @if stage.budget_ms > 0 { " / " (ms_text(stage.budget_ms)) } @else { " (no budget)" }
+                    }
                     span.note { (stage.note) }
                     @if stage.cut { span.raise { "raise " (stage.setting) } }
                 }
