@@ -96,6 +96,10 @@ listen = "127.0.0.1:{port}"
 [log]
 level = "info"
 
+[shutdown]
+# Short, so that a restart cuts the `long` job: the overview then shows cut work in red.
+jobs_drain = "1s"
+
 [jobs]
 workers = 8
 poll_interval = "200ms"
@@ -113,6 +117,12 @@ command = ["/bin/sh", "-c", {json.dumps(SLOW_SCRIPT)}, "{{n}}"]
 params = {{ n = "^[0-9]{{1,3}}$" }}
 concurrency = 4
 on_shutdown = "requeue"
+kill_grace = "1s"
+
+# Outlives jobs_drain: a stop waits 1 s for it, then cuts it (exit 75).
+[tasks.long]
+command = ["/bin/sleep", "60"]
+on_shutdown = "finish"
 kill_grace = "1s"
 
 [tasks.markup]
@@ -313,8 +323,7 @@ class Suite:
             options=options,
         )
         # The window is 1280x900; so is the page's viewport, and so the screenshots.
-        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                    {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        self.viewport(900)
         self.driver.set_page_load_timeout(15)
         self.driver.set_script_timeout(10)
 
@@ -391,10 +400,21 @@ class Suite:
         return self.driver.get_cookie("shiftd_session")
 
     def shot(self, name):
+        """The whole page, 1280 wide, however long it is."""
         os.makedirs(SHOTS, exist_ok=True)
         path = os.path.join(SHOTS, f"{name}.png")
-        self.driver.save_screenshot(path)
+        height = self.driver.execute_script(
+            "return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight);")
+        self.viewport(max(900, min(int(height), 4000)))
+        try:
+            self.driver.save_screenshot(path)
+        finally:
+            self.viewport(900)
         self.shots.append(path)
+
+    def viewport(self, height):
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
 
     def submit(self, selector):
         """Clicks the submit button of a form, accepting a confirm() if the page asks one."""
@@ -900,17 +920,28 @@ class Suite:
     def s_stop_shown(self):
         """An overview left open across a restart shows it by itself: the new stop in the
         last stops, its stages each with a bar against its budget."""
+        long_job = self.shiftd.start_job("long")
+        until("the long job to run", lambda: self.shiftd.job(long_job)["state"] == "running")
         self.get("/ui/")
         self.check_frame("overview")
         before = len(self.all("#stops section.stop"))
         self.mark()
         self.shiftd.signal_stop()
-        self.shiftd.wait_exit()
+        if self.shiftd.wait_exit() != 75:
+            raise Failure(f"a stop that cut the long job exited {self.shiftd.exits[-1]}, not 75")
         self.shiftd.start()
         self.wait("the new stop in #stops without a reload",
                   lambda: len(self.all("#stops section.stop")) > before, timeout=20)
         if not self.marked():
             raise Failure("the overview was reloaded (it should follow by itself)")
+        self.shiftd.api("POST", f"/v1/jobs/{long_job}/cancel")
+        cut = self.all('#stops section.stop div.stage[data-stage="jobs"] div.bar.cut')
+        if not cut:
+            raise Failure("the stop that cut the long job shows no cut jobs stage (div.bar.cut)")
+        raise_text = self.text('#stops section.stop div.stage[data-stage="jobs"] .raise')
+        if "shutdown.jobs_drain" not in raise_text:
+            raise Failure(f"the cut stage says {raise_text!r}, not the setting shutdown.jobs_drain")
+        self.check_bars()
         stages = self.all("#stops section.stop div.stage[data-stage]")
         if not stages:
             raise Failure("the stop in #stops has no div.stage[data-stage]")
@@ -918,6 +949,23 @@ class Suite:
             if not stage.find_elements(By.CSS_SELECTOR, "div.bar"):
                 raise Failure(f"stage {stage.get_attribute('data-stage')} has no div.bar")
         self.shot("overview")
+
+    def check_bars(self):
+        """Each stage's bar is as long as its time against its budget says."""
+        for stage in self.all("#stops div.stage[data-stage]"):
+            name = stage.get_attribute("data-stage")
+            bar = stage.find_element(By.CSS_SELECTOR, "div.bar")
+            width = float(bar.get_attribute("data-width") or 0)
+            m = re.search(r"(\d+(?:\.\d+)?)(ms|s) / (\d+(?:\.\d+)?)(ms|s)", stage.text)
+            if not m:
+                if width:
+                    raise Failure(f"stage {name} shows no budget ({stage.text!r}) but a bar of {width}%")
+                continue
+            took = float(m[1]) * (1 if m[2] == "ms" else 1000)
+            budget = float(m[3]) * (1 if m[4] == "ms" else 1000)
+            want = min(100.0, took * 100 / budget) if budget else 0.0
+            if abs(width - want) > 2:
+                raise Failure(f"stage {name}: {stage.text!r} but a bar of {width}%")
 
     def s_limited(self):
         """A token for `hello` only sees hello's jobs and task, and cannot act on others."""
