@@ -1024,6 +1024,20 @@ mod tests {
     }
 
     #[test]
+    fn a_dashboard_session_lasts_12h_unless_set_within_1m_to_31d() {
+        assert_eq!(
+            load("", &[]).unwrap().ui.session_ttl,
+            Duration::from_secs(12 * 3600)
+        );
+        let c = load("[ui]\nsession_ttl = \"30m\"\n", &[]).unwrap();
+        assert_eq!(c.ui.session_ttl, Duration::from_secs(1800));
+        for bad in ["10s", "32d"] {
+            let e = load(&format!("[ui]\nsession_ttl = \"{bad}\"\n"), &[]).unwrap_err();
+            assert_eq!(e.key, "ui.session_ttl", "{bad}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_file() {
         let c = load(
             "[http]\nlisten = \"127.0.0.1:1\"\n",

@@ -145,6 +145,10 @@ async fn login_sets_a_strict_cookie_and_every_page_a_strict_policy() {
     assert_eq!(r.headers()["referrer-policy"], "same-origin");
     assert_eq!(r.headers()["cache-control"], "no-store");
     assert!(r.text().await.unwrap().contains(r#"id="login""#));
+    let r = get(app.addr, "/ui/no/such/page", None).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("content-security-policy"));
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
 
     let r = post(
         app.addr,

@@ -54,6 +54,10 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/tasks/{task}/start", post(actions::start))
         .route("/ui/assets/ui.js", get(|| asset(UI_JS, "text/javascript")))
         .route("/ui/assets/ui.css", get(|| asset(UI_CSS, "text/css")))
+        .route(
+            "/ui/{*rest}",
+            get(|| async { error_page(StatusCode::NOT_FOUND, "no such page") }),
+        )
         .layer(axum::middleware::from_fn(headers))
 }
 

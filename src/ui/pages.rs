@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
@@ -268,7 +268,7 @@ pub async fn job_page(
     };
     let title = format!("Job {}", job.id);
     let body = job_body(&viewer, &job, &lines);
-    super::html(layout("job", &title, Some(&viewer), q.msg.as_deref(), body)).into_response()
+    super::html(layout("job", &title, Some(&viewer), q.msg.as_deref(), body))
 }
 
 /// The last [`LOG_LINES`] lines of a job's log (lines are numbered without gaps).
