@@ -57,6 +57,37 @@ pub struct Config {
     pub tasks: BTreeMap<String, TaskConfig>,
     /// Delivery of job notices to the tasks' `notify_url`.
     pub notices: NoticesConfig,
+    /// The dashboard at `/ui/`.
+    pub ui: UiConfig,
+}
+
+/// The dashboard (src/ui): how long a login lasts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// How long a dashboard session lasts after its login (the cookie's expiry).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// The longest session the dashboard gives out: a month.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
+
+impl UiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_ttl < Duration::from_secs(60) || self.session_ttl > MAX_SESSION_TTL {
+            return Err(ConfigError::new("ui.session_ttl", "must be from 1m to 31d"));
+        }
+        Ok(())
+    }
 }
 
 /// Bounds of notice delivery (src/notices.rs), shared by every task with a `notify_url`.
@@ -646,6 +677,7 @@ impl Config {
             task.validate(name)?;
         }
         self.notices.validate()?;
+        self.ui.validate()?;
         Ok(())
     }
 
@@ -990,6 +1022,20 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         assert_eq!(load("", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_dashboard_session_lasts_12h_unless_set_within_1m_to_31d() {
+        assert_eq!(
+            load("", &[]).unwrap().ui.session_ttl,
+            Duration::from_secs(12 * 3600)
+        );
+        let c = load("[ui]\nsession_ttl = \"30m\"\n", &[]).unwrap();
+        assert_eq!(c.ui.session_ttl, Duration::from_secs(1800));
+        for bad in ["10s", "32d"] {
+            let e = load(&format!("[ui]\nsession_ttl = \"{bad}\"\n"), &[]).unwrap_err();
+            assert_eq!(e.key, "ui.session_ttl", "{bad}");
+        }
     }
 
     #[test]

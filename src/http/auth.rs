@@ -98,6 +98,17 @@ impl Auth {
             .ok_or(ApiError::Unauthorized(
                 "missing or malformed Authorization header; send `Authorization: Bearer <token>`",
             ))?;
+        let token = self
+            .find(presented)
+            .ok_or(ApiError::Unauthorized("the bearer token is not valid"))?;
+        Ok(Caller {
+            name: Some(token.name.clone()),
+            tasks: Some(token.tasks.clone()),
+        })
+    }
+
+    /// The token whose secret `presented` is, compared as `authenticate` does.
+    fn find(&self, presented: &str) -> Option<&Token> {
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         // Look at every token, whatever matches, so timing says nothing about which.
         let mut found: Option<&Token> = None;
@@ -106,10 +117,31 @@ impl Auth {
                 found = Some(token);
             }
         }
-        let token = found.ok_or(ApiError::Unauthorized("the bearer token is not valid"))?;
-        Ok(Caller {
-            name: Some(token.name.clone()),
-            tasks: Some(token.tasks.clone()),
+        found
+    }
+
+    /// The name of the token whose secret `presented` is (the dashboard's login).
+    pub fn name_of_secret(&self, presented: &str) -> Option<String> {
+        self.find(presented).map(|t| t.name.clone())
+    }
+
+    /// A token's digest (the key of its dashboard sessions) and what it may do, by name:
+    /// `None` once the token is removed, so its sessions end with it.
+    pub fn session_key(&self, name: &str) -> Option<([u8; 32], Caller)> {
+        self.tokens.iter().find(|t| t.name == name).map(|t| {
+            let caller = Caller {
+                name: Some(t.name.clone()),
+                tasks: Some(t.tasks.clone()),
+            };
+            (t.digest, caller)
         })
+    }
+
+    /// Who a request is when no token is configured: anybody, allowed every task.
+    pub fn open_caller() -> Caller {
+        Caller {
+            name: None,
+            tasks: None,
+        }
     }
 }

@@ -190,12 +190,13 @@ async fn json_errors(response: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let is_json = response
+    let is_formed = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+        // The dashboard's (src/ui) error pages are HTML for a browser, and stay so.
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if is_formed {
         return response;
     }
     let (parts, body) = response.into_parts();

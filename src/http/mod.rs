@@ -204,6 +204,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
     let routes = routes
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics::render))
+        .merge(crate::ui::routes())
         .with_state(state);
     let edge = Arc::new(middleware::Edge {
         snapshot,
