@@ -15,4 +15,5 @@ pub mod logging;
 pub mod notices;
 pub mod redact;
 pub mod service;
+pub mod stops;
 pub mod unitcheck;
