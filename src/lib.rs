@@ -16,4 +16,10 @@ pub mod notices;
 pub mod redact;
 pub mod service;
 pub mod stops;
+/// The dashboard. (Its router and pages come in `src/ui/mod.rs`; until then only the parts
+/// that gather and draw the overview's data.)
+pub mod ui {
+    pub mod chart;
+    pub mod overview;
+}
 pub mod unitcheck;
