@@ -47,7 +47,10 @@ pub struct Overview {
 
 /// Whether a caller reading `readable` (`None`: every task) may see `task`.
 fn may_read(readable: Option<&[String]>, task: &str) -> bool {
-    readable.is_none_or(|tasks| tasks.iter().any(|t| t == task))
+    match readable {
+        None => true,
+        Some(tasks) => tasks.iter().any(|t| t == task),
+    }
 }
 
 /// The overview for a caller who may read the tasks `readable` (`None`: every task; see
