@@ -711,253 +711,312 @@ async fn job_command(conn: &Conn, action: JobAction) -> Result<u8, Failure> {
             wait,
             waiting,
         } => {
-            let mut map = serde_json::Map::new();
-            for p in &params {
-                let (name, value) = p.split_once('=').ok_or_else(|| {
-                    Failure::new(
-                        exit::REFUSED,
-                        format!("-p `{p}` is not NAME=VALUE; write e.g. -p target=db1"),
-                    )
-                })?;
-                map.insert(name.to_string(), Value::String(value.to_string()));
-            }
-            let mut body = serde_json::json!({ "params": map });
-            if let Some(delay) = delay {
-                body["delay"] = Value::String(delay);
-            }
-            if let Some(run_at) = run_at {
-                body["run_at"] = Value::String(run_at);
-            }
-            let mut request = conn
-                .request(
-                    reqwest::Method::POST,
-                    conn.url(&["v1", "tasks", &task, "jobs"]),
-                )
-                .json(&body);
-            if let Some(key) = &idempotency_key {
-                request = request.header("Idempotency-Key", key);
-            }
-            let response = conn.send(request).await?;
-            let text = tokio::time::timeout(conn.timeout, response.text())
-                .await
-                .map_err(|_| conn.unreachable("the answer did not arrive within --timeout"))?
-                .map_err(|e| conn.unreachable(&describe(&e)))?;
-            let job: Value = serde_json::from_str(&text).map_err(|e| {
-                Failure::new(
-                    exit::FAILURE,
-                    format!("the service answered something that is not JSON: {e}"),
-                )
-            })?;
+            let body = start_body(&params, delay, run_at)?;
+            let job = post_job(conn, &task, &body, idempotency_key.as_deref()).await?;
             let id = job_id(&job);
             if follow {
                 eprintln!("shiftd: job {id} {} (task {task})", field(&job, "state"));
-                let mut out = std::io::stdout().lock();
-                let ended = conn.follow_log(&id, &waiting, &mut out).await?;
-                drop(out);
-                if conn.json {
-                    print_json(&ended)?;
-                } else {
-                    eprintln!("shiftd: {}", outcome(&ended));
-                }
-                return Ok(ended_code(&ended));
+                return follow_to_end(conn, &id, &waiting).await;
             }
             if wait {
                 let ended = conn.wait_job(&id, &waiting).await?;
-                if conn.json {
-                    print_json(&ended)?;
-                } else {
-                    print_job(&ended)?;
-                }
+                print_one(conn, &ended)?;
                 return Ok(ended_code(&ended));
             }
-            if conn.json {
-                print_json(&job)?;
-            } else {
-                print_job(&job)?;
-            }
+            print_one(conn, &job)?;
             Ok(exit::OK)
         }
         JobAction::Get { id } => {
             let job = conn.get_job(&id).await?;
-            if conn.json {
-                print_json(&job)?;
-            } else {
-                print_job(&job)?;
-            }
+            print_one(conn, &job)?;
             Ok(exit::OK)
         }
-        JobAction::List { task, state, limit } => {
-            let mut jobs: Vec<Value> = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let want = (limit as usize - jobs.len()).min(PAGE_MAX as usize);
-                let mut query = vec![("limit", want.to_string())];
-                if let Some(t) = &task {
-                    query.push(("task", t.clone()));
-                }
-                if let Some(s) = &state {
-                    query.push(("state", s.clone()));
-                }
-                if let Some(c) = &cursor {
-                    query.push(("cursor", c.clone()));
-                }
-                let page = conn
-                    .call(
-                        reqwest::Method::GET,
-                        conn.url(&["v1", "jobs"]),
-                        None,
-                        &query,
-                    )
-                    .await?;
-                if let Some(items) = page.get("jobs").and_then(Value::as_array) {
-                    jobs.extend(items.iter().cloned());
-                }
-                cursor = page
-                    .get("next_cursor")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                if cursor.is_none() || jobs.len() >= limit as usize {
-                    break;
-                }
-            }
-            jobs.truncate(limit as usize);
-            if conn.json {
-                print_json(&serde_json::json!({ "jobs": jobs, "next_cursor": cursor }))?;
-                return Ok(exit::OK);
-            }
-            let rows: Vec<Vec<String>> = jobs
-                .iter()
-                .map(|j| {
-                    vec![
-                        field(j, "id"),
-                        field(j, "task"),
-                        field(j, "state"),
-                        format!("{}/{}", field(j, "attempts"), field(j, "max_attempts")),
-                        field(j, "created_at"),
-                        field(j, "exit_code"),
-                        field(j, "params"),
-                    ]
-                })
-                .collect();
-            emit(&table(
-                &[
-                    "ID", "TASK", "STATE", "ATTEMPTS", "CREATED", "EXIT", "PARAMS",
-                ],
-                &rows,
-            ))?;
-            if cursor.is_some() {
-                eprintln!("shiftd: more jobs than --limit {limit}; raise it to see more");
-            }
-            Ok(exit::OK)
-        }
+        JobAction::List { task, state, limit } => list_jobs(conn, task, state, limit).await,
         JobAction::Log {
             id,
             follow,
             waiting,
         } => {
-            let mut out = std::io::stdout().lock();
             if follow {
-                let ended = conn.follow_log(&id, &waiting, &mut out).await?;
-                drop(out);
+                let ended = {
+                    let mut out = std::io::stdout().lock();
+                    conn.follow_log(&id, &waiting, &mut out).await?
+                };
                 if !conn.json {
                     eprintln!("shiftd: {}", outcome(&ended));
                 }
             } else {
+                let mut out = std::io::stdout().lock();
                 conn.stream_log(&id, false, &mut 0, &mut out).await?;
             }
             Ok(exit::OK)
         }
-        JobAction::Cancel { id } => {
-            let job = conn
-                .call(
-                    reqwest::Method::POST,
-                    conn.url(&["v1", "jobs", &id, "cancel"]),
-                    None,
-                    &[],
-                )
-                .await?;
-            if conn.json {
-                print_json(&job)?;
-            } else if is_final(&job) {
-                emit(&format!("job {} {}\n", job_id(&job), field(&job, "state")))?;
-            } else {
-                emit(&format!(
-                    "job {}: cancel requested; it stops soon ({} now)\n",
-                    job_id(&job),
-                    field(&job, "state")
-                ))?;
-            }
-            Ok(exit::OK)
-        }
+        JobAction::Cancel { id } => cancel_job(conn, &id).await,
     }
 }
 
-async fn task_command(conn: &Conn, action: TaskAction) -> Result<u8, Failure> {
-    let (task, pause) = match action {
-        TaskAction::List => {
-            let tasks = conn
-                .call(reqwest::Method::GET, conn.url(&["v1", "tasks"]), None, &[])
-                .await?;
-            if conn.json {
-                print_json(&tasks)?;
-                return Ok(exit::OK);
-            }
-            let rows: Vec<Vec<String>> = tasks
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .map(|t| {
-                    let paused = match t.get("paused").and_then(Value::as_bool) {
-                        Some(true) => "yes",
-                        Some(false) => "no",
-                        None => "-",
-                    };
-                    let params = t
-                        .get("params")
-                        .and_then(Value::as_object)
-                        .map(|p| p.keys().cloned().collect::<Vec<_>>().join(","))
-                        .filter(|p| !p.is_empty())
-                        .unwrap_or_else(|| "-".into());
-                    vec![
-                        field(t, "name"),
-                        paused.into(),
-                        // The zone the expression is read in, unless it is UTC.
-                        match t.get("timezone").and_then(Value::as_str) {
-                            Some(tz) if tz != "UTC" && t["schedule"].is_string() => {
-                                format!("{} ({tz})", field(t, "schedule"))
-                            }
-                            _ => field(t, "schedule"),
-                        },
-                        field(t, "next_run_at"),
-                        field(t, "concurrency"),
-                        format!("{}s", field(t, "timeout_seconds")),
-                        params,
-                    ]
-                })
-                .collect();
-            emit(&table(
-                &[
-                    "TASK",
-                    "PAUSED",
-                    "SCHEDULE",
-                    "NEXT RUN",
-                    "CONCURRENCY",
-                    "TIMEOUT",
-                    "PARAMS",
-                ],
-                &rows,
-            ))?;
-            return Ok(exit::OK);
-        }
-        TaskAction::Pause { task } => (task, true),
-        TaskAction::Resume { task } => (task, false),
+/// One job as JSON (`--json`) or as "key  value" lines.
+fn print_one(conn: &Conn, job: &Value) -> Result<(), Failure> {
+    if conn.json {
+        print_json(job)
+    } else {
+        print_job(job)
+    }
+}
+
+/// The body of a start: `-p NAME=VALUE` pairs as `params`, and the delayed start if any.
+fn start_body(
+    params: &[String],
+    delay: Option<String>,
+    run_at: Option<String>,
+) -> Result<Value, Failure> {
+    let mut map = serde_json::Map::new();
+    for p in params {
+        let (name, value) = p.split_once('=').ok_or_else(|| {
+            Failure::new(
+                exit::REFUSED,
+                format!("-p `{p}` is not NAME=VALUE; write e.g. -p target=db1"),
+            )
+        })?;
+        map.insert(name.to_string(), Value::String(value.to_string()));
+    }
+    let mut body = serde_json::json!({ "params": map });
+    if let Some(delay) = delay {
+        body["delay"] = Value::String(delay);
+    }
+    if let Some(run_at) = run_at {
+        body["run_at"] = Value::String(run_at);
+    }
+    Ok(body)
+}
+
+/// Starts a job of `task`; the job as the service answered it (new or, for a repeated
+/// idempotency key, the one made earlier).
+async fn post_job(
+    conn: &Conn,
+    task: &str,
+    body: &Value,
+    idempotency_key: Option<&str>,
+) -> Result<Value, Failure> {
+    let mut request = conn
+        .request(
+            reqwest::Method::POST,
+            conn.url(&["v1", "tasks", task, "jobs"]),
+        )
+        .json(body);
+    if let Some(key) = idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = conn.send(request).await?;
+    let text = tokio::time::timeout(conn.timeout, response.text())
+        .await
+        .map_err(|_| conn.unreachable("the answer did not arrive within --timeout"))?
+        .map_err(|e| conn.unreachable(&describe(&e)))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::new(
+            exit::FAILURE,
+            format!("the service answered something that is not JSON: {e}"),
+        )
+    })
+}
+
+/// Prints a started job's output until it ends, then how it ended; exits as the job did.
+async fn follow_to_end(conn: &Conn, id: &str, waiting: &WaitArgs) -> Result<u8, Failure> {
+    let ended = {
+        let mut out = std::io::stdout().lock();
+        conn.follow_log(id, waiting, &mut out).await?
     };
+    if conn.json {
+        print_json(&ended)?;
+    } else {
+        eprintln!("shiftd: {}", outcome(&ended));
+    }
+    Ok(ended_code(&ended))
+}
+
+/// `shiftd job list`: up to `limit` jobs, newest first, as a table or JSON.
+async fn list_jobs(
+    conn: &Conn,
+    task: Option<String>,
+    state: Option<String>,
+    limit: u32,
+) -> Result<u8, Failure> {
+    let (jobs, cursor) = fetch_jobs(conn, task, state, limit as usize).await?;
+    if conn.json {
+        print_json(&serde_json::json!({ "jobs": jobs, "next_cursor": cursor }))?;
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                field(j, "id"),
+                field(j, "task"),
+                field(j, "state"),
+                format!("{}/{}", field(j, "attempts"), field(j, "max_attempts")),
+                field(j, "created_at"),
+                field(j, "exit_code"),
+                field(j, "params"),
+            ]
+        })
+        .collect();
+    emit(&table(
+        &[
+            "ID", "TASK", "STATE", "ATTEMPTS", "CREATED", "EXIT", "PARAMS",
+        ],
+        &rows,
+    ))?;
+    if cursor.is_some() {
+        eprintln!("shiftd: more jobs than --limit {limit}; raise it to see more");
+    }
+    Ok(exit::OK)
+}
+
+/// Up to `limit` jobs, a page of at most [`PAGE_MAX`] at a time, and the cursor of the
+/// rest (`None` when there is none).
+async fn fetch_jobs(
+    conn: &Conn,
+    task: Option<String>,
+    state: Option<String>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<String>), Failure> {
+    let mut jobs: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let want = (limit - jobs.len()).min(PAGE_MAX as usize);
+        let mut query = vec![("limit", want.to_string())];
+        if let Some(t) = &task {
+            query.push(("task", t.clone()));
+        }
+        if let Some(s) = &state {
+            query.push(("state", s.clone()));
+        }
+        if let Some(c) = &cursor {
+            query.push(("cursor", c.clone()));
+        }
+        let page = conn
+            .call(
+                reqwest::Method::GET,
+                conn.url(&["v1", "jobs"]),
+                None,
+                &query,
+            )
+            .await?;
+        if let Some(items) = page.get("jobs").and_then(Value::as_array) {
+            jobs.extend(items.iter().cloned());
+        }
+        cursor = page
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if cursor.is_none() || jobs.len() >= limit {
+            break;
+        }
+    }
+    jobs.truncate(limit);
+    Ok((jobs, cursor))
+}
+
+/// `shiftd job cancel`: what the service did with the cancel.
+async fn cancel_job(conn: &Conn, id: &str) -> Result<u8, Failure> {
+    let job = conn
+        .call(
+            reqwest::Method::POST,
+            conn.url(&["v1", "jobs", id, "cancel"]),
+            None,
+            &[],
+        )
+        .await?;
+    if conn.json {
+        print_json(&job)?;
+    } else if is_final(&job) {
+        emit(&format!("job {} {}\n", job_id(&job), field(&job, "state")))?;
+    } else {
+        emit(&format!(
+            "job {}: cancel requested; it stops soon ({} now)\n",
+            job_id(&job),
+            field(&job, "state")
+        ))?;
+    }
+    Ok(exit::OK)
+}
+
+async fn task_command(conn: &Conn, action: TaskAction) -> Result<u8, Failure> {
+    match action {
+        TaskAction::List => list_tasks(conn).await,
+        TaskAction::Pause { task } => set_paused(conn, &task, true).await,
+        TaskAction::Resume { task } => set_paused(conn, &task, false).await,
+    }
+}
+
+/// `shiftd task list`: the tasks this token may use, as a table or JSON.
+async fn list_tasks(conn: &Conn) -> Result<u8, Failure> {
+    let tasks = conn
+        .call(reqwest::Method::GET, conn.url(&["v1", "tasks"]), None, &[])
+        .await?;
+    if conn.json {
+        print_json(&tasks)?;
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(task_row)
+        .collect();
+    emit(&table(
+        &[
+            "TASK",
+            "PAUSED",
+            "SCHEDULE",
+            "NEXT RUN",
+            "CONCURRENCY",
+            "TIMEOUT",
+            "PARAMS",
+        ],
+        &rows,
+    ))?;
+    Ok(exit::OK)
+}
+
+/// One task as a row of `shiftd task list`.
+fn task_row(t: &Value) -> Vec<String> {
+    let paused = match t.get("paused").and_then(Value::as_bool) {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let params = t
+        .get("params")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect::<Vec<_>>().join(","))
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "-".into());
+    vec![
+        field(t, "name"),
+        paused.into(),
+        // The zone the expression is read in, unless it is UTC.
+        match t.get("timezone").and_then(Value::as_str) {
+            Some(tz) if tz != "UTC" && t["schedule"].is_string() => {
+                format!("{} ({tz})", field(t, "schedule"))
+            }
+            _ => field(t, "schedule"),
+        },
+        field(t, "next_run_at"),
+        field(t, "concurrency"),
+        format!("{}s", field(t, "timeout_seconds")),
+        params,
+    ]
+}
+
+/// `shiftd task pause` (`pause`) or `shiftd task resume`.
+async fn set_paused(conn: &Conn, task: &str, pause: bool) -> Result<u8, Failure> {
     let verb = if pause { "pause" } else { "resume" };
     let answer = conn
         .call(
             reqwest::Method::POST,
-            conn.url(&["v1", "tasks", &task, verb]),
+            conn.url(&["v1", "tasks", task, verb]),
             None,
             &[],
         )

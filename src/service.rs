@@ -5,7 +5,7 @@
 //! the service manager's notify socket).
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -14,7 +14,7 @@ use futures::FutureExt;
 use crate::config::REQUEUE_ALLOWANCE;
 use crate::config::{Config, ConfigError};
 use crate::db::{self, Db};
-use crate::http::{self, AppState, AppStateInner, Auth, JobsState, LiveSettings, Metrics, Swap};
+use crate::http::{self, AppState, Auth, JobsState, Metrics, Snapshot};
 use crate::jobs::{Runner, RunnerSettings, Store, Task};
 use crate::lifecycle::{
     self, App, Lifecycle, Notifier, Report, SettingNames, SignalStream, Stage, StageOutcome,
@@ -151,6 +151,7 @@ async fn start(
     }
     let router = http::router(state.clone(), body_limit);
     let notices = start_notices(&life.handle(), &state, &db, notice_settings);
+    state.start_work();
     let app: Arc<dyn App> = Arc::new(Shiftd {
         state,
         config_path,
@@ -266,8 +267,10 @@ impl AppStateError {
     }
 }
 
-/// The state handlers share, with the job runner started. Tests build theirs with it too.
-/// Fails when a task's parameter rule does not compile or the job runner cannot start.
+/// The state handlers share, with the job runner and the scheduler built but not started
+/// ([`AppState::start_work`] starts them; `start` does, as the last startup step). Tests
+/// build theirs with it too. Fails when a task's parameter rule does not compile or the
+/// thread that starts jobs cannot start.
 pub fn app_state(
     config: Config,
     db: Db,
@@ -283,36 +286,28 @@ pub fn app_state(
         let on_attempt = Arc::new(move |task: &str, outcome: &str, took: Duration| {
             metrics.job_attempt(task, outcome, took)
         });
-        Runner::start(
+        Runner::new(
             store.clone(),
             RunnerSettings::from_config(&config, tasks.clone()),
             on_attempt,
         )?
     };
-    let scheduler = crate::jobs::Scheduler::start(
+    let scheduler = crate::jobs::Scheduler::new(
         store.clone(),
         runner.clone(),
         crate::jobs::SchedulerSettings::from_config(&config, &tasks),
-        lifecycle.stopping(),
     );
-    Ok(AppState::new(AppStateInner {
-        lifecycle,
-        live: Arc::new(LiveSettings {
-            request_timeout: RwLock::new(config.http.request_timeout),
-            body_read_timeout: RwLock::new(config.http.body_read_timeout),
-        }),
-        tasks: Swap::new(tasks),
-        auth: Swap::new(auth),
-        jobs: JobsState {
-            store,
-            runner,
-            scheduler,
-        },
-        metrics,
-        config: Swap::new(config),
-        db,
-        openapi: crate::http::openapi::BaseDoc::new(),
-    }))
+    let jobs = JobsState {
+        store,
+        runner,
+        scheduler,
+    };
+    let snapshot = Snapshot {
+        config,
+        tasks,
+        auth,
+    };
+    Ok(AppState::new(lifecycle, db, snapshot, jobs, metrics))
 }
 
 /// Fills the pool's first connection and checks a trivial query, so the first request
@@ -333,22 +328,7 @@ struct Shiftd {
 
 impl Shiftd {
     fn apply(&self, new: Config) -> Result<lifecycle::Settings, ConfigError> {
-        let old = self.state.config();
-        for (key, changed) in [
-            ("http.listen", old.http.listen != new.http.listen),
-            (
-                "http.body_limit",
-                old.http.body_limit != new.http.body_limit,
-            ),
-            ("database", old.database != new.database),
-        ] {
-            if changed {
-                tracing::warn!(
-                    key,
-                    "{key} changed; it takes effect at the next restart, not on reload"
-                );
-            }
-        }
+        warn_restart_settings(&self.state.snapshot().config, &new);
         // Everything that can fail comes before the first change, so a refused reload
         // leaves the previous configuration whole.
         let auth = Auth::from_config(&new.auth)?;
@@ -360,36 +340,41 @@ impl Shiftd {
                 message: m,
             })?;
         }
-        *self
-            .state
-            .live
-            .request_timeout
-            .write()
-            .expect("settings lock poisoned") = new.http.request_timeout;
-        *self
-            .state
-            .live
-            .body_read_timeout
-            .write()
-            .expect("settings lock poisoned") = new.http.body_read_timeout;
-        self.state.auth.set(auth);
-        self.state.tasks.set(tasks.clone());
-        self.state
-            .jobs
-            .runner
+        let jobs = &self.state.jobs;
+        jobs.runner
             .reconfigure(RunnerSettings::from_config(&new, tasks.clone()));
-        self.state
-            .jobs
-            .scheduler
+        jobs.scheduler
             .reconfigure(crate::jobs::SchedulerSettings::from_config(&new, &tasks));
-        self.state
-            .jobs
-            .store
+        jobs.store
             .set_notice_tasks(crate::notices::notify_tasks(&new));
         self.notices.reconfigure(notice_settings);
         let settings = lifecycle_settings(&new);
-        self.state.config.set(new);
+        // What requests see, all at once: tokens, tasks, timeouts and the rest.
+        self.state.replace(Snapshot {
+            config: new,
+            tasks,
+            auth,
+        });
         Ok(settings)
+    }
+}
+
+/// Warns about the settings a reload cannot change.
+fn warn_restart_settings(old: &Config, new: &Config) {
+    for (key, changed) in [
+        ("http.listen", old.http.listen != new.http.listen),
+        (
+            "http.body_limit",
+            old.http.body_limit != new.http.body_limit,
+        ),
+        ("database", old.database != new.database),
+    ] {
+        if changed {
+            tracing::warn!(
+                key,
+                "{key} changed; it takes effect at the next restart, not on reload"
+            );
+        }
     }
 }
 
@@ -435,7 +420,7 @@ impl App for Shiftd {
                 pool.size,
                 pool.idle,
                 pool.max,
-                crate::config::fmt_duration(self.state.config().shutdown.grace)
+                crate::config::fmt_duration(self.state.snapshot().config.shutdown.grace)
             ),
         }
     }
@@ -469,7 +454,7 @@ impl App for Shiftd {
 
     fn stop_plan(&self) -> Vec<Stage> {
         stop_plan(
-            &self.state.config(),
+            &self.state.snapshot().config,
             self.state.db.clone(),
             self.state.jobs.runner.clone(),
         )

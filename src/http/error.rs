@@ -3,6 +3,17 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+// `error_response` writes this shape; the doc comment below is the schema's description
+// in the OpenAPI document.
+/// The JSON shape of every error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
 
 /// An API failure. Internal details are logged, never sent.
 #[derive(Debug, thiserror::Error)]

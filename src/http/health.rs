@@ -18,7 +18,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// 200 only when the database answers and the service is not stopping.
-#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the database does not answer", body = super::jobs::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the database does not answer", body = super::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.lifecycle.is_stopping() {
         return error_response(
@@ -30,7 +30,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(fault) = state.jobs.runner.storage_fault() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &fault.reason);
     }
-    if !state.db.ping(state.probe_timeout()).await {
+    // How long a readiness probe may wait for the database.
+    let probe_timeout = state.snapshot().config.database.connect_timeout;
+    if !state.db.ping(probe_timeout).await {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "database: it did not answer; check database.url and the server",
@@ -42,7 +44,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// The state of this process, for people and monitors.
 #[utoipa::path(get, path = "/v1/status", tag = "service", responses((status = 200, description = "State, budgets, pool, queue depth and running jobs")))]
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let config = state.config();
+    let snapshot = state.snapshot();
+    let config = &snapshot.config;
     let s = &config.shutdown;
     let view = state.jobs.runner.view();
     Json(json!({
@@ -75,6 +78,6 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "queue": view.depth.into_iter().map(|(task, (queued, running))| (task, json!({ "queued": queued, "running": running }))).collect::<serde_json::Map<_, _>>(),
         "running_jobs": state.jobs.runner.running(),
         "buffered_output_lines": state.jobs.runner.buffered_lines(),
-        "auth": if state.auth().enabled() { "tokens" } else { "open" },
+        "auth": if snapshot.auth.enabled() { "tokens" } else { "open" },
     }))
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::ApiError;
-use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::{AppState, Snapshot};
 use crate::dbfault::{classify, FaultKind};
 use crate::jobs::store::NewJob;
 use crate::jobs::{Job, JobPage, JobState, ListFilter, OutputLine};
@@ -106,13 +106,6 @@ pub struct JobView {
     pub job: Job,
     /// The last lines of output, oldest first.
     pub output_tail: Vec<String>,
-}
-
-/// The JSON shape of every error.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    pub message: String,
 }
 
 /// A configured task, as clients see it (no environment values).
@@ -278,7 +271,7 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (caller, task) = caller_and_task(&state, &headers, &task_name)?;
+    let (caller, task) = caller_and_task(&state.snapshot(), &headers, &task_name)?;
     let request: CreateJob = if body.iter().all(u8::is_ascii_whitespace) {
         CreateJob {
             params: serde_json::Map::new(),
@@ -346,12 +339,12 @@ fn valid_key(k: &str) -> bool {
 
 /// Who is asking, and the task they may start: 401/403 for the token, 404 for the task.
 pub(super) fn caller_and_task(
-    state: &AppState,
+    snapshot: &Snapshot,
     headers: &HeaderMap,
     task_name: &str,
 ) -> Result<(crate::http::auth::Caller, std::sync::Arc<crate::jobs::Task>), ApiError> {
-    let caller = state.auth().authenticate(headers)?;
-    let task = state.task(task_name).ok_or_else(|| {
+    let caller = snapshot.auth.authenticate(headers)?;
+    let task = snapshot.task(task_name).cloned().ok_or_else(|| {
         ApiError::NotFound(format!(
             "no task named `{task_name}`; GET /v1/tasks lists them"
         ))
@@ -393,78 +386,19 @@ pub async fn create_jobs_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (caller, task) = caller_and_task(&state, &headers, &task_name)?;
-    let request: CreateJobs = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
-    })?;
-    let max = state.config().jobs.batch_max as usize;
-    if request.jobs.len() > max {
-        return Err(ApiError::TooLarge(format!(
-            "{} jobs in one batch; at most {max} (jobs.batch_max) per request",
-            request.jobs.len()
-        )));
-    }
-    if request.jobs.is_empty() {
-        return Err(ApiError::Unprocessable(
-            "`jobs` is empty; a batch holds 1 or more jobs".into(),
-        ));
-    }
-    // A key names one job, within a batch as across requests: a repeat with the same
-    // parameters is that job again (its id twice in the answer), with others a conflict.
-    let mut seen: std::collections::HashMap<&str, (usize, usize)> = Default::default();
-    let mut jobs: Vec<NewJob> = Vec::with_capacity(request.jobs.len());
-    // For each job of the request, its place in `jobs` and the request index that put it there.
-    let mut slots: Vec<usize> = Vec::with_capacity(request.jobs.len());
-    let mut first_index: Vec<usize> = Vec::with_capacity(request.jobs.len());
-    for (i, job) in request.jobs.iter().enumerate() {
-        if let Some(key) = job.idempotency_key.as_deref() {
-            if !valid_key(key) {
-                return Err(ApiError::Unprocessable(format!(
-                    "jobs[{i}]: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters; nothing was queued"
-                )));
-            }
-        }
-        let params = task
-            .check_params(&job.params)
-            .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
-        let run_after = start_time(
-            job.run_at.as_deref(),
-            job.delay.as_deref(),
-            &format!("jobs[{i}]: "),
-        )
-        .map_err(|e| match e {
-            ApiError::Unprocessable(m) => {
-                ApiError::Unprocessable(format!("{m}; nothing was queued"))
-            }
-            e => e,
-        })?;
-        let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
-        if let Some(key) = job.idempotency_key.as_deref() {
-            if let Some(&(first, slot)) = seen.get(key) {
-                if jobs[slot].params != params {
-                    return Err(ApiError::Conflict(format!(
-                        "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}], with different parameters; use a new key; nothing was queued"
-                    )));
-                }
-                slots.push(slot);
-                continue;
-            }
-            seen.insert(key, (i, jobs.len()));
-        }
-        slots.push(jobs.len());
-        first_index.push(i);
-        jobs.push(NewJob {
-            params,
-            idempotency_key: job.idempotency_key.clone(),
-            run_after,
-        });
-    }
+    let (caller, task, max) = {
+        let snapshot = state.snapshot();
+        let (caller, task) = caller_and_task(&snapshot, &headers, &task_name)?;
+        (caller, task, snapshot.config.jobs.batch_max as usize)
+    };
+    let request = parse_batch(&body, max)?;
+    let batch = check_batch(&task, &request.jobs)?;
     let done = state
         .jobs
         .store
         .enqueue_batch(
             &task_name,
-            &jobs,
+            &batch.jobs,
             i64::from(task.config.max_attempts),
             caller.name.as_deref(),
         )
@@ -472,8 +406,8 @@ pub async fn create_jobs_batch(
     let done = done.map_err(|conflict| {
         ApiError::Conflict(format!(
             "jobs[{}]: idempotency_key `{}` was used for job {} with different parameters; use a new key; nothing was queued",
-            first_index[conflict.index],
-            jobs[conflict.index].idempotency_key.as_deref().unwrap_or_default(),
+            batch.first_index[conflict.index],
+            batch.jobs[conflict.index].idempotency_key.as_deref().unwrap_or_default(),
             conflict.id
         ))
     })?;
@@ -490,11 +424,99 @@ pub async fn create_jobs_batch(
     Ok((
         status,
         Json(BatchCreated {
-            ids: slots.iter().map(|&slot| done[slot].id).collect(),
+            ids: batch.slots.iter().map(|&slot| done[slot].id).collect(),
             created,
         }),
     )
         .into_response())
+}
+
+/// A batch's body, refused when it is not JSON, has more than `max` jobs or none.
+fn parse_batch(body: &[u8], max: usize) -> Result<CreateJobs, ApiError> {
+    let request: CreateJobs = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
+    })?;
+    if request.jobs.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "{} jobs in one batch; at most {max} (jobs.batch_max) per request",
+            request.jobs.len()
+        )));
+    }
+    if request.jobs.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "`jobs` is empty; a batch holds 1 or more jobs".into(),
+        ));
+    }
+    Ok(request)
+}
+
+/// The jobs a batch stores: each distinct one once, in the order of the request.
+struct CheckedBatch {
+    jobs: Vec<NewJob>,
+    /// For each job of the request, its place in `jobs`.
+    slots: Vec<usize>,
+    /// For each of `jobs`, the index in the request of the job that put it there.
+    first_index: Vec<usize>,
+}
+
+/// Checks every job of a batch before anything is stored; the first one refused names its
+/// index. A key names one job, within a batch as across requests: a repeat with the same
+/// parameters is that job again (its id twice in the answer), with others a conflict.
+fn check_batch(task: &crate::jobs::Task, request: &[BatchJob]) -> Result<CheckedBatch, ApiError> {
+    let mut seen: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    let mut batch = CheckedBatch {
+        jobs: Vec::with_capacity(request.len()),
+        slots: Vec::with_capacity(request.len()),
+        first_index: Vec::with_capacity(request.len()),
+    };
+    for (i, job) in request.iter().enumerate() {
+        let new = check_batch_job(task, i, job)?;
+        if let Some(key) = job.idempotency_key.as_deref() {
+            if let Some(&(first, slot)) = seen.get(key) {
+                if batch.jobs[slot].params != new.params {
+                    return Err(ApiError::Conflict(format!(
+                        "jobs[{i}]: idempotency_key `{key}` is also the key of jobs[{first}], with different parameters; use a new key; nothing was queued"
+                    )));
+                }
+                batch.slots.push(slot);
+                continue;
+            }
+            seen.insert(key, (i, batch.jobs.len()));
+        }
+        batch.slots.push(batch.jobs.len());
+        batch.first_index.push(i);
+        batch.jobs.push(new);
+    }
+    Ok(batch)
+}
+
+/// One job of a batch (index `i`) as it would be stored: its key, parameters and start.
+fn check_batch_job(task: &crate::jobs::Task, i: usize, job: &BatchJob) -> Result<NewJob, ApiError> {
+    if let Some(key) = job.idempotency_key.as_deref() {
+        if !valid_key(key) {
+            return Err(ApiError::Unprocessable(format!(
+                "jobs[{i}]: idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters; nothing was queued"
+            )));
+        }
+    }
+    let params = task
+        .check_params(&job.params)
+        .map_err(|e| ApiError::Unprocessable(format!("jobs[{i}]: {e}; nothing was queued")))?;
+    let run_after = start_time(
+        job.run_at.as_deref(),
+        job.delay.as_deref(),
+        &format!("jobs[{i}]: "),
+    )
+    .map_err(|e| match e {
+        ApiError::Unprocessable(m) => ApiError::Unprocessable(format!("{m}; nothing was queued")),
+        e => e,
+    })?;
+    let params = serde_json::to_value(params).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(NewJob {
+        params,
+        idempotency_key: job.idempotency_key.clone(),
+        run_after,
+    })
 }
 
 /// One job, with the end of its output.
@@ -516,7 +538,7 @@ pub async fn get_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<JobView>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    let caller = state.snapshot().auth.authenticate(&headers)?;
     let job = load_job(&state, &id, &caller).await?;
     let store = &state.jobs.store;
     let output_tail = read(|| store.output_tail(job.id, TAIL_LINES)).await?;
@@ -537,7 +559,7 @@ pub async fn list_jobs(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<JobPage>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    let caller = state.snapshot().auth.authenticate(&headers)?;
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(raw) => raw
@@ -593,7 +615,7 @@ pub async fn cancel_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Job>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    let caller = state.snapshot().auth.authenticate(&headers)?;
     let job = load_job(&state, &id, &caller).await?;
     caller.may_use(&job.task)?;
     if job.state.is_final() {
@@ -641,7 +663,12 @@ pub async fn job_log(
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
+    // The token and the follow limits from one snapshot, read before any await.
+    let (caller, follow_limits) = {
+        let snapshot = state.snapshot();
+        let caller = snapshot.auth.authenticate(&headers)?;
+        (caller, FollowLimits::of(&snapshot.config))
+    };
     let job = load_job(&state, &id, &caller).await?;
     let follow = match q.follow.as_deref() {
         None | Some("0") | Some("false") => false,
@@ -700,7 +727,7 @@ pub async fn job_log(
     Ok((
         text,
         [(header::CACHE_CONTROL, "no-cache")],
-        Body::from_stream(follow_stream(state, job.id, after, limit)),
+        Body::from_stream(follow_stream(state, follow_limits, job.id, after, limit)),
     )
         .into_response())
 }
@@ -745,23 +772,39 @@ fn push_lines(text: &mut String, lines: &[OutputLine]) {
     }
 }
 
+/// How a followed log is read: how often to look for new lines, and for how long at most.
+#[derive(Clone, Copy)]
+struct FollowLimits {
+    poll: Duration,
+    follow_max: Duration,
+}
+
+impl FollowLimits {
+    fn of(config: &crate::config::Config) -> Self {
+        Self {
+            poll: config
+                .jobs
+                .log_flush_interval
+                .max(Duration::from_millis(100)),
+            follow_max: config.http.follow_max,
+        }
+    }
+}
+
 /// New lines as they are written, until the job ends, `limit` lines were sent,
 /// `http.follow_max` passed, or this process starts to stop (the stream then ends cleanly;
 /// a client asks again from its last line, at the next process after a stop).
 fn follow_stream(
     state: AppState,
+    limits: FollowLimits,
     job_id: i64,
     after: i64,
     limit: Option<i64>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let config = state.config();
-    let poll = config
-        .jobs
-        .log_flush_interval
-        .max(Duration::from_millis(100));
+    let poll = limits.poll;
     // Every wait has an end: past http.follow_max the stream ends cleanly, and a client
     // asks again from its last line (as after a restart).
-    let until = tokio::time::Instant::now() + config.http.follow_max;
+    let until = tokio::time::Instant::now() + limits.follow_max;
     futures::stream::unfold(
         (state, after, false, limit.unwrap_or(i64::MAX)),
         move |(state, after, ended, left)| async move {
@@ -824,13 +867,15 @@ pub async fn list_tasks(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
-    let caller = state.auth().authenticate(&headers)?;
-    let tasks = state.tasks();
+    // Kept across the read below: the tasks listed are those of the token's snapshot.
+    let snapshot = state.snapshot_full();
+    let caller = snapshot.auth.authenticate(&headers)?;
     let store = &state.jobs.store;
     let paused = read(|| store.paused()).await?;
     let now = crate::jobs::store::now_ms();
     Ok(Json(
-        tasks
+        snapshot
+            .tasks
             .values()
             .filter(|t| caller.allows(&t.name))
             .map(|t| TaskView {

@@ -78,101 +78,93 @@ fn buckets() -> impl Iterator<Item = f64> {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("shiftd");
-        let requests = Family::<RouteStatus, Counter>::default();
-        let latency =
-            Family::<Route, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
-        let jobs = Family::<TaskState, Gauge>::default();
-        let job_duration =
-            Family::<TaskState, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
-        let stop_stage = Family::<StageLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        let pool = Family::<PoolState, Gauge>::default();
-        let database_size = Gauge::default();
-        let unserved = Family::<Task, Gauge>::default();
-        let paused = Family::<Task, Gauge>::default();
-        let storage_fault = Gauge::default();
-        let notices = Family::<TaskState, Counter>::default();
-        registry.register(
-            "notices",
-            "Notice deliveries by task and outcome: delivered, retried (a try failed), given_up",
-            notices.clone(),
-        );
-        let notices_pending = Gauge::default();
-        registry.register(
-            "notices_pending",
-            "Notices in the outbox, of all nodes sharing the database (read every 10 s)",
-            notices_pending.clone(),
-        );
-        registry.register(
-            "database_size_bytes",
-            "Size of the database on disk",
-            database_size.clone(),
-        );
-        registry.register(
-            "jobs_unserved",
-            "Queued jobs of tasks that no live node serves",
-            unserved.clone(),
-        );
-        registry.register(
-            "task_paused",
-            "1 for a configured task that is paused (its queued jobs wait), else 0",
-            paused.clone(),
-        );
-        registry.register(
-            "storage_fault",
-            "1 while writes to the database fail (disk full, read-only, unavailable)",
-            storage_fault.clone(),
-        );
-        registry.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to produce the response head",
-            latency.clone(),
-        );
-        registry.register(
-            "jobs",
-            "Jobs by task and state (all processes sharing the database)",
-            jobs.clone(),
-        );
-        registry.register(
-            "job_attempt_duration_seconds",
-            "Job attempts by task and outcome",
-            job_duration.clone(),
-        );
-        registry.register(
-            "previous_stop_stage_seconds",
-            "How long each shutdown stage took in the stop before this process started",
-            stop_stage.clone(),
-        );
-        registry.register(
-            "db_pool_connections",
-            "Database pool connections by state",
-            pool.clone(),
-        );
-        Self {
-            registry,
-            requests,
-            latency,
-            jobs,
-            job_duration,
-            stop_stage,
-            pool,
-            database_size,
-            unserved,
-            paused,
-            storage_fault,
-            notices,
-            notices_pending,
+        let mut metrics = Self {
+            registry: Registry::with_prefix("shiftd"),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(buckets())),
+            jobs: Family::default(),
+            job_duration: Family::new_with_constructor(|| Histogram::new(buckets())),
+            stop_stage: Family::default(),
+            pool: Family::default(),
+            database_size: Gauge::default(),
+            unserved: Family::default(),
+            paused: Family::default(),
+            storage_fault: Gauge::default(),
+            notices: Family::default(),
+            notices_pending: Gauge::default(),
             render: std::sync::Mutex::new(()),
-        }
+        };
+        metrics.register();
+        metrics
     }
 }
 
 impl Metrics {
+    /// Names and describes every metric, in the order `/metrics` lists them.
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "notices",
+            "Notice deliveries by task and outcome: delivered, retried (a try failed), given_up",
+            self.notices.clone(),
+        );
+        r.register(
+            "notices_pending",
+            "Notices in the outbox, of all nodes sharing the database (read every 10 s)",
+            self.notices_pending.clone(),
+        );
+        r.register(
+            "database_size_bytes",
+            "Size of the database on disk",
+            self.database_size.clone(),
+        );
+        r.register(
+            "jobs_unserved",
+            "Queued jobs of tasks that no live node serves",
+            self.unserved.clone(),
+        );
+        r.register(
+            "task_paused",
+            "1 for a configured task that is paused (its queued jobs wait), else 0",
+            self.paused.clone(),
+        );
+        r.register(
+            "storage_fault",
+            "1 while writes to the database fail (disk full, read-only, unavailable)",
+            self.storage_fault.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "Time to produce the response head",
+            self.latency.clone(),
+        );
+        r.register(
+            "jobs",
+            "Jobs by task and state (all processes sharing the database)",
+            self.jobs.clone(),
+        );
+        r.register(
+            "job_attempt_duration_seconds",
+            "Job attempts by task and outcome",
+            self.job_duration.clone(),
+        );
+        r.register(
+            "previous_stop_stage_seconds",
+            "How long each shutdown stage took in the stop before this process started",
+            self.stop_stage.clone(),
+        );
+        r.register(
+            "db_pool_connections",
+            "Database pool connections by state",
+            self.pool.clone(),
+        );
+    }
+
     /// Records one job attempt.
     pub fn job_attempt(&self, task: &str, outcome: &str, took: Duration) {
         self.job_duration
@@ -238,7 +230,7 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         metrics.unserved.get_or_create(&Task { task }).set(n);
     }
     metrics.paused.clear();
-    for task in state.tasks().keys() {
+    for task in state.snapshot().tasks.keys() {
         metrics
             .paused
             .get_or_create(&Task { task: task.clone() })

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::body::{to_bytes, Body};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -15,17 +16,12 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::error::error_response;
 use super::metrics::Metrics;
-
-/// Settings a reload may change while requests are served.
-#[derive(Debug)]
-pub struct LiveSettings {
-    pub request_timeout: std::sync::RwLock<Duration>,
-    pub body_read_timeout: std::sync::RwLock<Duration>,
-}
+use super::Snapshot;
 
 /// What the edge layer needs.
 pub struct Edge {
-    pub live: Arc<LiveSettings>,
+    /// What a reload replaces; the edge reads its timeouts from it.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     /// `http.body_limit` in bytes (a restart setting).
     pub body_limit: usize,
@@ -41,13 +37,14 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let started = Instant::now();
-    let limit = *edge
-        .live
-        .request_timeout
-        .read()
-        .expect("settings lock poisoned");
+    // Both timeouts from one snapshot, read once (the guard is dropped before any await).
+    let (limit, body_timeout) = {
+        let snapshot = edge.snapshot.load();
+        let http = &snapshot.config.http;
+        (http.request_timeout, http.body_read_timeout)
+    };
     let handled = async {
-        match read_body(&edge, request).await {
+        match read_body(&edge, body_timeout, request).await {
             Ok(request) => json_errors(next.run(request).await).await,
             Err(refused) => refused,
         }
@@ -78,7 +75,7 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
 /// is answered at once (413) or at the timeout (408) instead of holding the request until
 /// `http.request_timeout`. The refusals close the connection: the rest of the body is
 /// never read, so the connection cannot carry another request.
-async fn read_body(edge: &Edge, request: Request) -> Result<Request, Response> {
+async fn read_body(edge: &Edge, timeout: Duration, request: Request) -> Result<Request, Response> {
     use http_body::Body as _;
     if request.body().is_end_stream() {
         return Ok(request);
@@ -98,11 +95,6 @@ async fn read_body(edge: &Edge, request: Request) -> Result<Request, Response> {
             ),
         ))
     };
-    let timeout = *edge
-        .live
-        .body_read_timeout
-        .read()
-        .expect("settings lock poisoned");
     if let Some(declared) = declared.filter(|n| *n > limit as u64) {
         // Closing a connection with unread data makes the kernel reset it, and the client
         // may lose the 413 with it. A body of modest size is read and thrown away first

@@ -10,8 +10,9 @@ pub mod openapi;
 pub mod tasks;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use axum::http::{HeaderName, Request};
 use axum::routing::get;
@@ -32,7 +33,6 @@ use crate::lifecycle::Handle;
 pub use auth::Auth;
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use middleware::LiveSettings;
 
 /// The job parts handlers use.
 #[derive(Clone)]
@@ -43,31 +43,40 @@ pub struct JobsState {
     pub scheduler: crate::jobs::Scheduler,
 }
 
-/// A value a reload replaces; readers take a cheap `Arc` of the current one.
-pub struct Swap<T>(RwLock<Arc<T>>);
-
-impl<T> Swap<T> {
-    pub fn new(value: T) -> Arc<Self> {
-        Arc::new(Self(RwLock::new(Arc::new(value))))
-    }
-
-    pub fn get(&self) -> Arc<T> {
-        self.0.read().expect("lock poisoned").clone()
-    }
-
-    pub fn set(&self, value: T) {
-        *self.0.write().expect("lock poisoned") = Arc::new(value);
-    }
-}
-
 /// Everything a handler may need. One `Arc`, because axum clones the state for every
 /// request (bench/run measured the clone of nine `Arc`s at 5 % of a `/healthz`).
 #[derive(Clone)]
 pub struct AppState(Arc<AppStateInner>);
 
 impl AppState {
-    pub fn new(inner: AppStateInner) -> Self {
-        Self(Arc::new(inner))
+    /// The state, with the runner and the scheduler built but not started: building it has
+    /// no effect beyond the objects themselves, so a test can build a router without jobs
+    /// running, and the service starts them as it begins to serve ([`AppState::start_work`]).
+    pub fn new(
+        lifecycle: Handle,
+        db: Db,
+        snapshot: Snapshot,
+        jobs: JobsState,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self(Arc::new(AppStateInner {
+            lifecycle,
+            db,
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            jobs,
+            metrics,
+            openapi: openapi::BaseDoc::new(),
+            working: std::sync::Once::new(),
+        }))
+    }
+
+    /// Starts the runner (claiming, flushing, upkeep) and the scheduler, which ends as the
+    /// stop begins. Once; later calls do nothing.
+    pub fn start_work(&self) {
+        self.working.call_once(|| {
+            self.jobs.runner.start();
+            self.jobs.scheduler.start(self.lifecycle.stopping());
+        });
     }
 }
 
@@ -79,41 +88,50 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Everything a reload replaces, as one immutable value: a request reads one snapshot and
+/// sees the configuration, tasks and tokens of one moment, never new tokens beside old tasks.
+pub struct Snapshot {
+    /// The configuration in force (also the request and body-read timeouts the edge applies).
+    pub config: Config,
+    pub tasks: BTreeMap<String, Arc<Task>>,
+    pub auth: Auth,
+}
+
+impl Snapshot {
+    pub fn task(&self, name: &str) -> Option<&Arc<Task>> {
+        self.tasks.get(name)
+    }
+}
+
 /// What [`AppState`] holds.
 pub struct AppStateInner {
     pub lifecycle: Handle,
     pub db: Db,
-    pub live: Arc<LiveSettings>,
-    /// The configuration in force (replaced on reload), with what is derived from it.
-    pub config: Arc<Swap<Config>>,
-    pub tasks: Arc<Swap<BTreeMap<String, Arc<Task>>>>,
-    pub auth: Arc<Swap<Auth>>,
+    /// What a reload replaces, swapped at once. Reads are lock-free; a request loads it once.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub jobs: JobsState,
     pub metrics: Arc<Metrics>,
     /// The OpenAPI document of the routes, which `/v1/openapi.json` writes out per task.
     pub openapi: openapi::BaseDoc,
+    /// Set once the runner and the scheduler have been started (see [`AppState::start_work`]).
+    pub(crate) working: std::sync::Once,
 }
 
 impl AppStateInner {
-    pub fn config(&self) -> Arc<Config> {
-        self.config.get()
+    /// The snapshot in force, for use within one request that does not await while it
+    /// holds it (a cheap guard, no reference count touched).
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
     }
 
-    pub fn tasks(&self) -> Arc<BTreeMap<String, Arc<Task>>> {
-        self.tasks.get()
+    /// The snapshot in force, to keep across awaits.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
-    pub fn task(&self, name: &str) -> Option<Arc<Task>> {
-        self.tasks().get(name).cloned()
-    }
-
-    pub fn auth(&self) -> Arc<Auth> {
-        self.auth.get()
-    }
-
-    /// How long a readiness probe may wait for the database.
-    pub fn probe_timeout(&self) -> Duration {
-        self.config().database.connect_timeout
+    /// Replaces what a reload replaces, all at once.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
     }
 }
 
@@ -180,7 +198,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole API with its middleware.
 pub fn router(state: AppState, body_limit: usize) -> Router {
-    let live = state.live.clone();
+    let snapshot = state.snapshot.clone();
     let metrics = state.metrics.clone();
     let (routes, _) = api();
     let routes = routes
@@ -188,7 +206,7 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/metrics", get(metrics::render))
         .with_state(state);
     let edge = Arc::new(middleware::Edge {
-        live,
+        snapshot,
         metrics,
         body_limit,
     });

@@ -52,9 +52,13 @@ impl Default for BaseDoc {
 }
 
 pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let tasks = state.tasks();
-    let visible: Vec<&Arc<Task>> = match state.auth().authenticate(&headers) {
-        Ok(caller) => tasks.values().filter(|t| caller.allows(&t.name)).collect(),
+    let snapshot = state.snapshot();
+    let visible: Vec<&Arc<Task>> = match snapshot.auth.authenticate(&headers) {
+        Ok(caller) => snapshot
+            .tasks
+            .values()
+            .filter(|t| caller.allows(&t.name))
+            .collect(),
         Err(_) => Vec::new(),
     };
     Json(for_tasks(&state.openapi.0, &visible)).into_response()

@@ -9,7 +9,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use super::jobs::{caller_and_task, ErrorBody};
+use super::error::ErrorBody;
+use super::jobs::caller_and_task;
 use super::AppState;
 
 /// Whether a task is paused.
@@ -51,7 +52,7 @@ pub async fn pause_task(
     Path(task): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<TaskPause>, ApiError> {
-    let (caller, task) = caller_and_task(&state, &headers, &task)?;
+    let (caller, task) = caller_and_task(&state.snapshot(), &headers, &task)?;
     let at = state.jobs.runner.pause(&task.name).await?;
     tracing::info!(
         task = %task.name,
@@ -82,7 +83,7 @@ pub async fn resume_task(
     Path(task): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<TaskPause>, ApiError> {
-    let (caller, task) = caller_and_task(&state, &headers, &task)?;
+    let (caller, task) = caller_and_task(&state.snapshot(), &headers, &task)?;
     if state.jobs.runner.resume(&task.name).await? {
         tracing::info!(
             task = %task.name,

@@ -233,8 +233,8 @@ enum Stop {
 }
 
 impl Runner {
-    /// Starts claiming, flushing and the upkeep (heartbeat, queue view, expiry).
-    pub fn start(
+    /// The runner, not started: nothing is claimed until [`Runner::start`].
+    pub fn new(
         store: Store,
         settings: RunnerSettings,
         on_attempt: OnAttempt,
@@ -264,12 +264,17 @@ impl Runner {
             view: RwLock::new(QueueView::default()),
             on_attempt,
         });
+        Ok(Self { inner })
+    }
+
+    /// Starts claiming, flushing and the upkeep (heartbeat, queue view, expiry).
+    pub fn start(&self) {
+        let inner = &self.inner;
         *inner.loops.lock().expect("poisoned") = vec![
             ("claim", tokio::spawn(claim_loop(inner.clone()))),
             ("flush", tokio::spawn(flush_loop(inner.clone()))),
             ("upkeep", tokio::spawn(upkeep_loop(inner.clone()))),
         ];
-        Ok(Self { inner })
     }
 
     /// Applies a reloaded configuration; running jobs keep the definition they started with.

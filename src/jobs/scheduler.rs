@@ -95,13 +95,8 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the loop; it ends when `stopping` resolves (the stop began).
-    pub fn start(
-        store: Store,
-        runner: Runner,
-        settings: SchedulerSettings,
-        stopping: impl Future<Output = ()> + Send + 'static,
-    ) -> Self {
+    /// The scheduler, not started: nothing is enqueued until [`Scheduler::start`].
+    pub fn new(store: Store, runner: Runner, settings: SchedulerSettings) -> Self {
         let inner = Arc::new(Inner {
             store,
             runner,
@@ -109,13 +104,17 @@ impl Scheduler {
             wake: Notify::new(),
             stop: CancellationToken::new(),
         });
-        let stop = inner.stop.clone();
+        Self { inner }
+    }
+
+    /// Starts the loop; it ends when `stopping` resolves (the stop began).
+    pub fn start(&self, stopping: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.inner.stop.clone();
         tokio::spawn(async move {
             stopping.await;
             stop.cancel();
         });
-        tokio::spawn(schedule_loop(inner.clone()));
-        Self { inner }
+        tokio::spawn(schedule_loop(self.inner.clone()));
     }
 
     /// Applies a reloaded configuration and looks again at once.
