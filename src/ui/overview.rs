@@ -73,7 +73,7 @@ pub async fn overview(
         Some(n) => Some(n),
         None => store.size_bytes().await.ok(),
     };
-    let configured: Vec<String> = state.tasks().keys().cloned().collect();
+    let configured: Vec<String> = state.snapshot().tasks.keys().cloned().collect();
     Ok(Overview {
         state: state.lifecycle.state().as_str(),
         version: env!("CARGO_PKG_VERSION"),
