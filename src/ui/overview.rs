@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::http::AppState;
+use crate::http::{ApiError, AppState};
 use crate::jobs::store::{now_ms, QueueCounts};
-use crate::stops::StopEntry;
+pub use crate::stops::{StageEntry, StopEntry};
 
 /// One task's jobs that are not final.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +54,9 @@ fn may_read(readable: Option<&[String]>, task: &str) -> bool {
 }
 
 /// The overview for a caller who may read the tasks `readable` (`None`: every task; see
-/// `Caller::readable_tasks`).
-pub async fn overview(
-    state: &AppState,
-    readable: Option<&[String]>,
-) -> Result<Overview, sqlx::Error> {
+/// `Caller::readable_tasks`). A database error is the API's (a fault of the database: 503
+/// with its reason).
+pub async fn overview(state: &AppState, readable: Option<&[String]>) -> Result<Overview, ApiError> {
     let now = now_ms();
     // The chart's first minute: 59 whole minutes before the current one.
     let since = (now - now.rem_euclid(60_000)) - 59 * 60_000;
