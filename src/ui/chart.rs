@@ -10,14 +10,15 @@ use crate::jobs::store::{FinishedInMinute, JobState};
 /// Bars in the chart: one per minute of the last hour.
 pub const MINUTES: i64 = 60;
 
-const WIDTH: i64 = 640;
-const HEIGHT: i64 = 180;
 /// Room for the y axis' labels on the left, the x axis' below, the legend above.
 const LEFT: i64 = 44;
 const BOTTOM: i64 = 22;
 const TOP: i64 = 24;
 const RIGHT: i64 = 8;
-const BAR: i64 = (WIDTH - LEFT - RIGHT) / MINUTES;
+/// One minute's width, a pixel of it the gap to the next.
+const BAR: i64 = 10;
+const WIDTH: i64 = LEFT + MINUTES * BAR + RIGHT;
+const HEIGHT: i64 = 180;
 
 /// The states stacked, from the bottom up.
 const STACK: [JobState; 3] = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
