@@ -68,7 +68,6 @@ async fn load(store: &Store, now: i64) {
             .unwrap();
         }
     }
-    sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
 }
 
 /// The plan of `sql` (with `$1` = `since`), one line per step.

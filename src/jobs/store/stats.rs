@@ -37,10 +37,14 @@ pub fn finished_per_minute_sql(tasks: usize) -> String {
         let list: Vec<String> = (0..tasks).map(|i| format!("${}", i + 2)).collect();
         format!(" AND task IN ({})", list.join(", "))
     };
+    // The state is counted in a CASE, not matched in the WHERE: an equality there lets a
+    // planner without statistics (a table just loaded) pick the index on state and walk
+    // every finished job of that state once per minute (seconds, with 100,000 jobs).
     let count = |state: &str| {
         format!(
-            "(SELECT COUNT(*) FROM jobs WHERE finished_at IS NOT NULL AND finished_at >= m.t \
-             AND finished_at < m.t + 60000 AND state = '{state}'{only}) AS {state}"
+            "(SELECT COALESCE(SUM(CASE WHEN state = '{state}' THEN 1 ELSE 0 END), 0) FROM jobs \
+             WHERE finished_at IS NOT NULL AND finished_at >= m.t \
+             AND finished_at < m.t + 60000{only}) AS {state}"
         )
     };
     format!(
@@ -127,7 +131,7 @@ mod tests {
     fn the_chart_statement_binds_one_placeholder_per_task() {
         let all = finished_per_minute_sql(0);
         assert!(!all.contains("task IN"), "{all}");
-        assert_eq!(all.matches("SELECT COUNT(*)").count(), 3);
+        assert_eq!(all.matches("FROM jobs WHERE finished_at").count(), 3);
         let two = finished_per_minute_sql(2);
         assert_eq!(two.matches("AND task IN ($2, $3))").count(), 3, "{two}");
     }
