@@ -254,7 +254,8 @@ impl Default for LogConfig {
     }
 }
 
-/// Largest `jobs.batch_max`: two binds a job keep one insert under every backend's bind limit.
+/// Largest `jobs.batch_max` (the store inserts a large batch in several statements of one
+/// transaction, so no backend's bind limit is reached).
 pub const MAX_BATCH: u32 = 10_000;
 /// Largest `jobs.prefetch`.
 pub const MAX_PREFETCH: u32 = 1_000;

@@ -224,6 +224,29 @@ async fn enqueue_batch_is_all_or_nothing(backend: Backend) {
     assert!(other[0].existing_params.is_none());
 }
 
+/// The largest batch `jobs.batch_max` allows goes in whole, its ids in request order, with
+/// delayed jobs among them: more binds than one SQLite statement may carry (four a job).
+async fn the_largest_batch_goes_in_whole(backend: Backend) {
+    let (store, _g, _d) = store(backend).await;
+    let n = shiftd::config::MAX_BATCH as usize;
+    let mut jobs = new_jobs(n);
+    jobs[n - 1].run_after = Some(shiftd::jobs::store::now_ms() + 86_400_000);
+    jobs[n - 1].idempotency_key = Some("last".into());
+    let ids: Vec<i64> = store
+        .enqueue_batch("t", &jobs, 1, None)
+        .await
+        .expect("the largest batch is one transaction")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), n);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in request order");
+    let last = store.get(ids[n - 1]).await.unwrap().expect("the last job");
+    assert_eq!(last.params, json!({ "i": (n - 1).to_string() }));
+    assert_eq!(last.state, JobState::Scheduled);
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -241,6 +264,7 @@ both_backends!(
     claim_batch_keeps_limit_and_caps,
     finish_batch_is_fenced_by_lease_token,
     enqueue_batch_is_all_or_nothing,
+    the_largest_batch_goes_in_whole,
     batch_endpoint_runs_every_job,
 );
 

@@ -31,14 +31,24 @@ pub struct BaseDoc(pub Value);
 
 impl BaseDoc {
     /// The routes' document, with what their derive cannot say: `run_at` and `delay` of a
-    /// start exclude each other.
+    /// start exclude each other. A `null` is "not given" (serde reads it as `None`), so only
+    /// two non-null values are excluded: exactly what the server refuses with 422.
     pub fn new() -> Self {
         let mut doc = serde_json::to_value(super::openapi()).expect("the OpenAPI document is JSON");
         for name in ["CreateJob", "BatchJob"] {
             if let Some(Value::Object(schema)) =
                 doc.pointer_mut(&format!("/components/schemas/{name}"))
             {
-                schema.insert("not".into(), json!({ "required": ["run_at", "delay"] }));
+                schema.insert(
+                    "not".into(),
+                    json!({
+                        "required": ["run_at", "delay"],
+                        "properties": {
+                            "run_at": { "type": "string" },
+                            "delay": { "type": "string" }
+                        }
+                    }),
+                );
             }
         }
         Self(doc)

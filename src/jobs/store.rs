@@ -229,6 +229,10 @@ pub struct KeyConflict {
 
 /// The one `INSERT` of a batch of `n` new jobs: shared binds first (task, max_attempts,
 /// token, now), then params, key, state and run_after of each job.
+/// Jobs one insert statement carries: four binds a job (plus four) keep it under SQLite's
+/// 32,766 variables; larger batches are several statements in one transaction.
+const INSERT_CHUNK: usize = 2_000;
+
 fn batch_insert_sql(n: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO jobs (task, params, state, attempts, max_attempts, idempotency_key, token_name, created_at, updated_at, run_after, cancel_requested) VALUES ",
@@ -598,8 +602,9 @@ impl Store {
         Ok(seen)
     }
 
-    /// Inserts the new jobs of a batch in one statement, freeing the `expired` keys in the
-    /// same transaction; returns their ids in the order of `jobs`, once committed.
+    /// Inserts the new jobs of a batch (one statement up to [`INSERT_CHUNK`] jobs, else one
+    /// transaction of several), freeing the `expired` keys in the same transaction; returns
+    /// their ids in the order of `jobs`, once committed.
     async fn insert_batch(
         &self,
         task: &str,
@@ -609,24 +614,34 @@ impl Store {
         now: i64,
         expired: &[i64],
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let sql = batch_insert_sql(jobs.len());
-        let mut query = sqlx::query(&sql)
-            .bind(task)
-            .bind(max_attempts)
-            .bind(token_name.map(str::to_string))
-            .bind(now);
-        for job in jobs {
-            let (state, run_after) = initial_state(now, job.run_after);
-            query = query
-                .bind(job.params.to_string())
-                .bind(job.idempotency_key.clone())
-                .bind(state.as_str())
-                .bind(run_after);
-        }
+        let sqls: Vec<String> = jobs
+            .chunks(INSERT_CHUNK)
+            .map(|chunk| batch_insert_sql(chunk.len()))
+            .collect();
+        let mut queries: Vec<_> = jobs
+            .chunks(INSERT_CHUNK)
+            .zip(&sqls)
+            .map(|(chunk, sql)| {
+                let mut query = sqlx::query(sql)
+                    .bind(task)
+                    .bind(max_attempts)
+                    .bind(token_name.map(str::to_string))
+                    .bind(now);
+                for job in chunk {
+                    let (state, run_after) = initial_state(now, job.run_after);
+                    query = query
+                        .bind(job.params.to_string())
+                        .bind(job.idempotency_key.clone())
+                        .bind(state.as_str())
+                        .bind(run_after);
+                }
+                query
+            })
+            .collect();
         // fetch_all: the ids are used only once the insert has committed (write-commit rule).
-        let inserted = if expired.is_empty() {
+        let inserted = if expired.is_empty() && queries.len() == 1 {
             // One statement: one commit.
-            query.fetch_all(&self.pool).await
+            queries.remove(0).fetch_all(&self.pool).await
         } else {
             // Keys past their 24 h are freed in the same transaction as the insert.
             let list = expired
@@ -636,12 +651,17 @@ impl Store {
                 .join(", ");
             async {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(&format!(
-                    "UPDATE jobs SET idempotency_key = NULL WHERE id IN ({list})"
-                ))
-                .execute(&mut *tx)
-                .await?;
-                let rows = query.fetch_all(&mut *tx).await?;
+                if !expired.is_empty() {
+                    sqlx::query(&format!(
+                        "UPDATE jobs SET idempotency_key = NULL WHERE id IN ({list})"
+                    ))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let mut rows = Vec::with_capacity(jobs.len());
+                for query in queries {
+                    rows.extend(query.fetch_all(&mut *tx).await?);
+                }
                 tx.commit().await?;
                 Ok(rows)
             }
@@ -660,7 +680,8 @@ impl Store {
             )));
         }
         // One statement numbers its rows in the order of its VALUES (a sequence on
-        // PostgreSQL, the next rowid on SQLite); RETURNING's own order is not promised.
+        // PostgreSQL, the next rowid on SQLite), and a later statement of the same
+        // transaction numbers above it; RETURNING's own order is not promised.
         ids.sort_unstable();
         Ok(ids)
     }
