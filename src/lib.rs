@@ -15,5 +15,6 @@ pub mod logging;
 pub mod notices;
 pub mod redact;
 pub mod service;
+pub mod stops;
 pub mod ui;
 pub mod unitcheck;

@@ -115,7 +115,8 @@ pub async fn serve(options: ServeOptions) -> Result<StopReport, StartupError> {
     match start(&mut life, config, config_path, log).await {
         Ok((listener, router, app)) => {
             let report = life.serve(listener, router, app).await;
-            write_previous_stop(&report);
+            // At the very end: the pool is closed; this is a file, and never fails the stop.
+            crate::stops::record(&report, env!("CARGO_PKG_VERSION"));
             Ok(report)
         }
         Err(e) => {
@@ -145,7 +146,9 @@ async fn start(
             step: e.step(),
             message: e.to_string(),
         })?;
-    state.metrics.previous_stop(&read_previous_stop());
+    if let Some(last) = crate::stops::last() {
+        state.metrics.previous_stop(&last.stage_seconds());
+    }
     let router = http::router(state.clone(), body_limit);
     let notices = start_notices(&life.handle(), &state, &db, notice_settings);
     state.start_work();
@@ -305,31 +308,6 @@ pub fn app_state(
         auth,
     };
     Ok(AppState::new(lifecycle, db, snapshot, jobs, metrics))
-}
-
-/// Where the previous stop's stage durations are kept for `/metrics`.
-fn previous_stop_path() -> PathBuf {
-    db::state_dir().join("last-stop.json")
-}
-
-fn read_previous_stop() -> Vec<(String, f64)> {
-    let Ok(text) = std::fs::read_to_string(previous_stop_path()) else {
-        return Vec::new();
-    };
-    serde_json::from_str::<Vec<(String, f64)>>(&text).unwrap_or_default()
-}
-
-fn write_previous_stop(report: &StopReport) {
-    let stages: Vec<(&str, f64)> = report
-        .stages
-        .iter()
-        .map(|(name, took)| (*name, took.as_secs_f64()))
-        .collect();
-    if let Ok(text) = serde_json::to_string(&stages) {
-        if let Err(e) = std::fs::write(previous_stop_path(), text) {
-            tracing::debug!(error = %e, "cannot record the stop's stage durations");
-        }
-    }
 }
 
 /// Fills the pool's first connection and checks a trivial query, so the first request

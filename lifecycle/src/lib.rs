@@ -103,7 +103,8 @@ pub use notify::{Message, Notifier};
 use server::Counters;
 pub use signals::{Signal, SignalStream};
 pub use stages::{
-    explain_stop_budget, stop_budget, Stage, StageContext, StageOutcome, StageSpec, StopReport,
+    explain_stop_budget, stop_budget, Stage, StageContext, StageOutcome, StageReport, StageSpec,
+    StopCause, StopReport,
 };
 
 /// How often startup steps send `EXTEND_TIMEOUT_USEC`, and how far each extends.

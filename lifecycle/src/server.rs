@@ -113,6 +113,11 @@ impl Server {
         }
     }
 
+    /// Requests in progress right now.
+    pub fn in_flight(&self) -> usize {
+        self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Lets open connections finish until `cut` is cancelled, then closes the rest.
     pub async fn drain(&self, cut: CancellationToken) -> DrainOutcome {
         self.draining.cancel();

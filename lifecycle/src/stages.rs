@@ -284,8 +284,48 @@ pub enum StageOutcome {
     Cut(String),
 }
 
+/// How a stop came about, as its report tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopCause {
+    /// A stop signal: the stages waited within their budgets.
+    #[default]
+    Graceful,
+    /// SIGQUIT, or a second stop signal during the stop: the waiting stages were cut.
+    Fast,
+    /// This process handed over to a successor and stopped after it.
+    HandOver,
+}
+
+impl StopCause {
+    /// "stop", "fast" or "hand-over".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCause::Graceful => "stop",
+            StopCause::Fast => "fast",
+            StopCause::HandOver => "hand-over",
+        }
+    }
+}
+
+/// One stage of a stop as it ran: what it was allowed, what it took, how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageReport {
+    /// The stage's name, as in the logs.
+    pub name: &'static str,
+    /// The setting to raise when it was cut (the grace's name for a stage without one).
+    pub setting: &'static str,
+    /// Its budget (before its cut allowance).
+    pub budget: Duration,
+    /// How long it took.
+    pub took: Duration,
+    /// Whether it had to cut work.
+    pub cut: bool,
+    /// What it did, or what it cut: the [`StageOutcome`]'s text.
+    pub note: String,
+}
+
 /// The result of the whole stop.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StopReport {
     /// Names of the stages that had to cut work.
     pub cut: Vec<&'static str>,
@@ -293,6 +333,36 @@ pub struct StopReport {
     pub stages: Vec<(&'static str, Duration)>,
     /// How long the whole plan took.
     pub elapsed: Duration,
+    /// Every stage run, in full (the same stages as `stages`, in the same order).
+    pub details: Vec<StageReport>,
+    /// How the stop came about.
+    pub cause: StopCause,
+    /// When the stop began (wall clock).
+    pub started_at: std::time::SystemTime,
+}
+
+impl Default for StopReport {
+    fn default() -> Self {
+        Self {
+            cut: Vec::new(),
+            stages: Vec::new(),
+            elapsed: Duration::ZERO,
+            details: Vec::new(),
+            cause: StopCause::default(),
+            started_at: std::time::SystemTime::now(),
+        }
+    }
+}
+
+impl StopReport {
+    /// Records one stage as it ran, in `stages`, `details` and (when cut) `cut`.
+    pub fn push(&mut self, stage: StageReport) {
+        self.stages.push((stage.name, stage.took));
+        if stage.cut {
+            self.cut.push(stage.name);
+        }
+        self.details.push(stage);
+    }
 }
 
 /// How far away "no deadline" is: longer than any job's timeout.
@@ -359,10 +429,18 @@ pub(crate) async fn run_plan(
         let stage_started = Instant::now();
         let (outcome, cut_by_fast) = run.stage(&spec, work, server).await;
         let took = stage_started.elapsed();
-        report.stages.push((spec.name, took));
-        if run.log_outcome(&spec, &outcome, cut_by_fast, took) {
-            report.cut.push(spec.name);
-        }
+        let cut = run.log_outcome(&spec, &outcome, cut_by_fast, took);
+        let note = match outcome {
+            StageOutcome::Done(what) | StageOutcome::Cut(what) => what,
+        };
+        report.push(StageReport {
+            name: spec.name,
+            setting: run.setting_of(&spec),
+            budget: spec.budget,
+            took,
+            cut,
+            note,
+        });
     }
     report.elapsed = started.elapsed();
     report
@@ -460,6 +538,15 @@ impl PlanRun<'_> {
         (outcome, stage.cut_by_fast)
     }
 
+    /// The setting to raise when `spec` is cut: its own, else the grace.
+    fn setting_of(&self, spec: &StageSpec) -> &'static str {
+        if spec.setting.is_empty() {
+            self.settings.names.grace
+        } else {
+            spec.setting
+        }
+    }
+
     /// Logs how a stage ended; true if it cut work.
     fn log_outcome(
         &self,
@@ -490,11 +577,7 @@ impl PlanRun<'_> {
                 true
             }
             StageOutcome::Cut(what) => {
-                let setting = if spec.setting.is_empty() {
-                    self.settings.names.grace
-                } else {
-                    spec.setting
-                };
+                let setting = self.setting_of(spec);
                 tracing::warn!(
                     stage = name,
                     duration_ms,
@@ -529,8 +612,11 @@ fn start(work: Work, ctx: StageContext, server: &mut Server) -> BoxFuture<'_, St
             Box::pin(async move {
                 // A plan without `stop_accepting` first must not drain while accepting.
                 server.stop_accepting().await;
+                let in_progress = server.in_flight();
                 match server.drain(cut).await {
-                    DrainOutcome::Drained => StageOutcome::Done("every connection finished".into()),
+                    DrainOutcome::Drained => StageOutcome::Done(format!(
+                        "every connection finished; {in_progress} requests drained"
+                    )),
                     DrainOutcome::Cut { open, in_flight } => StageOutcome::Cut(format!(
                         "closed {open} connections with {in_flight} requests still in progress"
                     )),

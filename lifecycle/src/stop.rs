@@ -12,7 +12,7 @@ use crate::handover::{PredecessorLink, StopRequest, SuccessorLink};
 use crate::notify::{Message, Notifier};
 use crate::serve::{Serving, StopKind};
 use crate::signals::SignalStream;
-use crate::stages::{self, StopReport};
+use crate::stages::{self, StageReport, StopCause, StopReport};
 use crate::{asked, log_report, App, Asked, Handle, State};
 
 /// The two moments of a stop that may come after it began.
@@ -40,6 +40,8 @@ impl Serving {
     /// Runs the app's stop plan; `kind` says how serving ended. Signals keep being read: a
     /// second stop signal means "stop fast".
     pub(crate) async fn stop(mut self, kind: StopKind) -> StopReport {
+        let began = std::time::SystemTime::now();
+        let handed_over = matches!(kind, StopKind::HandedOver(_));
         self.handle.set_state(State::Draining);
         self.handle.inner.stopping.cancel();
         let tokens = StopTokens::default();
@@ -75,6 +77,14 @@ impl Serving {
             patience,
         )
         .await;
+        report.started_at = began;
+        report.cause = if handed_over {
+            StopCause::HandOver
+        } else if tokens.fast.is_cancelled() {
+            StopCause::Fast
+        } else {
+            StopCause::Graceful
+        };
         match &self.predecessor {
             Some(link) => {
                 wait_for_predecessor(
@@ -220,15 +230,25 @@ async fn wait_for_predecessor(
         Some(at) => exited_by(&gone, at + settings.grace, notifier).await,
     };
     let took = started.elapsed();
-    report.stages.push(("predecessor", took));
     report.elapsed += took;
+    report.push(StageReport {
+        name: "predecessor",
+        setting: settings.names.grace,
+        budget: settings.grace,
+        took,
+        cut: !done,
+        note: if done {
+            "the previous process exited".into()
+        } else {
+            "the previous process did not exit in time".into()
+        },
+    });
     if done {
         tracing::info!(
             duration_ms = took.as_millis() as u64,
             "the previous process exited"
         );
     } else {
-        report.cut.push("predecessor");
         tracing::warn!(
             "the previous process did not exit within {} ({}); systemd stops it with this unit",
             settings.names.grace,

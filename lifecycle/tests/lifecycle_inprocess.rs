@@ -326,6 +326,12 @@ async fn the_drain_waits_for_a_request_in_flight_and_ends_when_it_is_answered() 
     assert!(report.cut.is_empty(), "nothing was cut: {report:?}");
     let names: Vec<_> = report.stages.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, ["stop-accepting", "http-drain"]);
+    let drain = &report.details[1];
+    assert_eq!(
+        drain.note, "every connection finished; 1 requests drained",
+        "{report:?}"
+    );
+    assert_eq!(drain.took, report.stages[1].1);
 }
 
 #[tokio::test]
@@ -608,6 +614,17 @@ async fn heartbeats_extend_the_stop_while_it_runs_and_stop_at_the_grace_deadline
         "the stop is bounded by grace: {took:?}"
     );
     assert_eq!(report.cut, ["stuck"]);
+    // The report keeps, per stage, what a history of stops shows.
+    assert_eq!(report.cause, shiftd_lifecycle::StopCause::Graceful);
+    let stuck = &report.details[1];
+    assert_eq!(
+        (stuck.name, stuck.setting, stuck.budget, stuck.cut),
+        ("stuck", "shutdown.stuck", secs(60), true),
+        "{report:?}"
+    );
+    assert_eq!(stuck.note, "did not finish in time and was abandoned");
+    assert_eq!(report.details[0].name, "stop-accepting");
+    assert!(!report.details[0].cut);
     let warning = log.wait_contains("shutdown stage stuck cut", secs(1)).await;
     assert!(
         warning.text.contains("WARN") && warning.text.contains("shutdown.stuck"),
@@ -702,6 +719,7 @@ async fn sigquit_stops_fast_from_the_start() {
     let (report, took) = rig.stopped(secs(5)).await;
     assert!(took < millis(1500), "{took:?}");
     assert_eq!(report.cut, ["http-drain"]);
+    assert_eq!(report.cause, shiftd_lifecycle::StopCause::Fast);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ use crate::config::Backend;
 use crate::dbfault::{classify, DbFault, StorageHealth};
 
 mod schedules;
+mod stats;
 pub use schedules::OccurrenceOutcome;
+pub use stats::{finished_per_minute_sql, FinishedInMinute, QueueCounts, QUEUE_COUNTS_SQL};
 
 /// Where a job is in its life. Final: succeeded, failed, cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]

@@ -7,16 +7,14 @@
 //! it is in the OpenAPI document, and none of its layers wraps a `/v1` route.
 
 mod actions;
+pub mod chart;
 pub mod events;
-mod overview_stub;
+pub mod overview;
 mod pages;
 mod pages_overview;
 mod pages_tasks;
 mod pattern;
 pub mod session;
-
-/// D2's overview data (src/ui/overview.rs) replaces this stub when it lands.
-use overview_stub as overview;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};

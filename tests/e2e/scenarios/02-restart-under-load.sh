@@ -4,7 +4,8 @@
 # every job that got a 202 ends in a final state, and the service is still active at the
 # end. A restart storm: systemd's default start limit (5 starts in 10 s) refused the sixth
 # of these restarts and left shiftd stopped; the unit's StartLimitBurst=100 in
-# StartLimitIntervalSec=10min lets an operator restart at any pace.
+# StartLimitIntervalSec=10min lets an operator restart at any pace. Then the dashboard's
+# overview, through nginx, shows the last of these restarts.
 
 E2E_RESTARTS=${E2E_RESTARTS:-20}
 E2E_RESTART_SPACING_MS=${E2E_RESTART_SPACING_MS:-1500}
@@ -45,4 +46,14 @@ scenario_main() {
   log "$stats"
   figure "$stats"
   check_load_jobs_final restart 180
+
+  # The dashboard, through the packaged nginx site, shows the restarts just made: the last
+  # 10 stops, each with its stages (read-only: this configuration has no tokens).
+  local page stops
+  page=$(curl -fsS -m 5 "http://127.0.0.1:$E2E_HTTP_PORT/ui/") || die "GET /ui/ through nginx failed"
+  grep -q 'id="readonly"' <<<"$page" || die "the overview without tokens does not say it is read-only"
+  stops=$(grep -o 'class="stop"' <<<"$page" | wc -l)
+  ((stops == 10)) || die "the overview shows $stops stops after $E2E_RESTARTS restarts (expected the last 10)"
+  grep -q 'data-stage="http-drain"' <<<"$page" || die "the overview's stops have no http-drain stage"
+  figure "dashboard through nginx: the overview shows the last $stops restarts with their stages"
 }
