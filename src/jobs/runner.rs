@@ -436,10 +436,16 @@ impl Runner {
             cut.len()
         ));
         inner.jobs.wait().await;
+        let ids: Vec<String> = cut.iter().map(|id| format!("#{id}")).collect();
         StageOutcome::Cut(format!(
-            "stopped {} jobs still running ({:?}) and put them back in the queue",
-            cut.len(),
-            cut
+            "stopped {} still running ({}) and put {} back in the queue",
+            if cut.len() == 1 {
+                "1 job".to_string()
+            } else {
+                format!("{} jobs", cut.len())
+            },
+            ids.join(", "),
+            if cut.len() == 1 { "it" } else { "them" }
         ))
     }
 

@@ -40,6 +40,9 @@ fn resume_after(headers: &HeaderMap, q: &EventsQuery) -> i64 {
         .unwrap_or(0)
 }
 
+/// How long the browser waits before reconnecting a stream that ended.
+const RECONNECT_AFTER: Duration = Duration::from_millis(500);
+
 /// `GET /ui/jobs/{id}/events`.
 pub async fn job_events(
     State(state): State<AppState>,
@@ -55,7 +58,12 @@ pub async fn job_events(
         Err(page) => return *page,
     };
     let after = resume_after(&headers, &q);
-    let mut response = Sse::new(job_stream(state, job.id, after))
+    // A restart ends the stream; the browser reconnects after `retry` (its own default is
+    // 3 s), and the next process usually serves within a few hundred milliseconds.
+    let retry = futures::stream::once(std::future::ready(Ok(
+        Event::default().retry(RECONNECT_AFTER)
+    )));
+    let mut response = Sse::new(retry.chain(job_stream(state, job.id, after)))
         .keep_alive(KeepAlive::default())
         .into_response();
     // nginx buffers proxied responses by default; an event must pass at once.

@@ -99,6 +99,7 @@ fn start_form(viewer: &Viewer, task: &Task, action: &str) -> Markup {
                         pattern=[super::pattern::html_pattern(rule)]
                         title={ "must match " (rule) }
                         required[required.contains(&name.as_str())];
+                    " " small.rule { "rule: " code { (rule) } }
                 }
             }
             button.start-job type="submit" { "Start job" }
