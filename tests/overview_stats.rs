@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use shiftd::config::DatabaseConfig;
 use shiftd::jobs::store::{
     finished_per_minute_sql, now_ms, JobState, QueueCounts, QUEUE_COUNTS_SQL,
 };
@@ -14,29 +13,6 @@ use shiftd::jobs::Store;
 use sqlx::Row;
 
 const JOBS: i64 = 100_000;
-
-/// A migrated store on the backend; the guards keep its database alive.
-async fn store(backend: Backend) -> (Store, Option<TestDatabase>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, kind, guard) = match backend {
-        Backend::Sqlite => (
-            format!("sqlite://{}/q.db?mode=rwc", dir.path().display()),
-            shiftd::config::Backend::Sqlite,
-            None,
-        ),
-        Backend::Postgres => {
-            let db = TestDatabase::create().await;
-            (db.url.clone(), shiftd::config::Backend::Postgres, Some(db))
-        }
-    };
-    let config = DatabaseConfig {
-        url,
-        ..DatabaseConfig::default()
-    };
-    let db = shiftd::db::connect(&config, kind).await.expect("connect");
-    db.migrate().await.expect("migrate");
-    (Store::new(&db), guard, dir)
-}
 
 /// `JOBS` finished jobs, one every 6 s back from `now` (a week's worth: about 600 in the
 /// chart's hour), states in turn succeeded, failed, cancelled, tasks `a` and `b` in turn; then
@@ -92,7 +68,7 @@ async fn plan(store: &Store, backend: Backend, sql: &str, since: i64) -> String 
 }
 
 async fn the_overview_reads_answer_through_their_indexes(backend: Backend) {
-    let (store, _guard, _dir) = store(backend).await;
+    let (store, _guard, _dir) = migrated_store(backend).await;
     let now = now_ms();
     load(&store, now).await;
     // The chart's hour: the current minute and the 59 before it.

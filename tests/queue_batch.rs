@@ -11,37 +11,12 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use shiftd::config::DatabaseConfig;
 use shiftd::jobs::store::{Finish, FinishItem, JobState, KeyConflict, NewJob};
-use shiftd::jobs::Store;
 use tokio::time::Instant;
 
 const TOKEN_A: &str = "token-a-0123456789abcdef";
 const TOKEN_B: &str = "token-b-0123456789abcdef";
 const LEASE: Duration = Duration::from_secs(30);
-
-/// A migrated store on the backend; the guards keep its database alive.
-async fn store(backend: Backend) -> (Store, Option<TestDatabase>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, kind, guard) = match backend {
-        Backend::Sqlite => (
-            format!("sqlite://{}/q.db?mode=rwc", dir.path().display()),
-            shiftd::config::Backend::Sqlite,
-            None,
-        ),
-        Backend::Postgres => {
-            let db = TestDatabase::create().await;
-            (db.url.clone(), shiftd::config::Backend::Postgres, Some(db))
-        }
-    };
-    let config = DatabaseConfig {
-        url,
-        ..DatabaseConfig::default()
-    };
-    let db = shiftd::db::connect(&config, kind).await.expect("connect");
-    db.migrate().await.expect("migrate");
-    (Store::new(&db), guard, dir)
-}
 
 fn new_jobs(n: usize) -> Vec<NewJob> {
     (0..n)
@@ -65,7 +40,7 @@ fn ok() -> Finish {
 /// Claims take at most `limit` jobs and at most each task's cap, oldest first, in one
 /// statement; every job of one claim carries that claim's lease token.
 async fn claim_batch_keeps_limit_and_caps(backend: Backend) {
-    let (store, _g, _d) = store(backend).await;
+    let (store, _g, _d) = migrated_store(backend).await;
     let a = store
         .enqueue_batch("a", &new_jobs(5), 1, None)
         .await
@@ -110,7 +85,7 @@ async fn claim_batch_keeps_limit_and_caps(backend: Backend) {
 /// A batch of finishes records only the jobs still held under their own lease token
 /// (fencing), sends a failure with attempts left back to the queue, and commits once.
 async fn finish_batch_is_fenced_by_lease_token(backend: Backend) {
-    let (store, _g, _d) = store(backend).await;
+    let (store, _g, _d) = migrated_store(backend).await;
     store
         .enqueue_batch("t", &new_jobs(2), 1, None)
         .await
@@ -166,7 +141,7 @@ async fn finish_batch_is_fenced_by_lease_token(backend: Backend) {
 /// A batch insert is one commit in request order; a replayed key returns the existing job;
 /// a replayed key with other parameters refuses the whole batch before anything is written.
 async fn enqueue_batch_is_all_or_nothing(backend: Backend) {
-    let (store, _g, _d) = store(backend).await;
+    let (store, _g, _d) = migrated_store(backend).await;
     let keyed = |k: &str, v: &str| NewJob {
         params: json!({ "v": v }),
         idempotency_key: Some(k.into()),
@@ -227,7 +202,7 @@ async fn enqueue_batch_is_all_or_nothing(backend: Backend) {
 /// The largest batch `jobs.batch_max` allows goes in whole, its ids in request order, with
 /// delayed jobs among them: more binds than one SQLite statement may carry (four a job).
 async fn the_largest_batch_goes_in_whole(backend: Backend) {
-    let (store, _g, _d) = store(backend).await;
+    let (store, _g, _d) = migrated_store(backend).await;
     let n = shiftd::config::MAX_BATCH as usize;
     let mut jobs = new_jobs(n);
     jobs[n - 1].run_after = Some(shiftd::jobs::store::now_ms() + 86_400_000);

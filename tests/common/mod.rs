@@ -48,7 +48,7 @@ mod process;
 
 #[allow(unused_imports)]
 pub use {
-    postgres::{builder, Backend, TestDatabase, DEFAULT_PG_TEST_URL},
+    postgres::{builder, migrated_store, Backend, TestDatabase, DEFAULT_PG_TEST_URL},
     process::{Shiftd, ShiftdBuilder, Workdir, BIN, START_TIMEOUT},
     testkit::*,
 };

@@ -96,3 +96,28 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// A migrated `Store` on the backend, without a process; the guards keep its database alive.
+pub async fn migrated_store(
+    backend: Backend,
+) -> (shiftd::jobs::Store, Option<TestDatabase>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, kind, guard) = match backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}/q.db?mode=rwc", dir.path().display()),
+            shiftd::config::Backend::Sqlite,
+            None,
+        ),
+        Backend::Postgres => {
+            let db = TestDatabase::create().await;
+            (db.url.clone(), shiftd::config::Backend::Postgres, Some(db))
+        }
+    };
+    let config = shiftd::config::DatabaseConfig {
+        url,
+        ..shiftd::config::DatabaseConfig::default()
+    };
+    let db = shiftd::db::connect(&config, kind).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    (shiftd::jobs::Store::new(&db), guard, dir)
+}
