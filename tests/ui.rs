@@ -163,6 +163,30 @@ async fn login_sets_a_strict_cookie_and_every_page_a_strict_policy() {
     assert!(body.contains(r#"id="login-error""#) && body.contains("that token is not valid"));
     assert!(!body.contains("not-a-token-at-all"));
 
+    // A login form sent from another site would log this browser in as someone else.
+    for header in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let r = client()
+            .post(url(app.addr, "/ui/login"))
+            .header(header.0, header.1)
+            .form(&[("token", OPS)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{header:?}");
+        assert!(r.headers().get("set-cookie").is_none(), "{header:?}");
+        assert!(r.text().await.unwrap().contains("came from another site"));
+    }
+    let origin = format!("http://{}", app.addr);
+    login(
+        app.addr,
+        OPS,
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+    )
+    .await;
+
     let (set, cookie) = login(app.addr, OPS, &[]).await;
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=3600"] {
         assert!(set.contains(flag), "{flag} in {set}");

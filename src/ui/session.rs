@@ -246,6 +246,13 @@ pub async fn login(
     if !auth.enabled() {
         return Redirect::to("/ui/").into_response();
     }
+    if let Some(site) = cross_site(&headers) {
+        tracing::info!(origin = %site, "dashboard login refused: the form was sent from another site");
+        let page = super::pages::login_page(Some(
+            "this login came from another site; open the dashboard's own login page and log in there",
+        ));
+        return (StatusCode::FORBIDDEN, super::html(page)).into_response();
+    }
     let Some(name) = auth.name_of_secret(&form.token) else {
         tracing::info!("dashboard login refused: the token is not valid");
         let page = super::pages::login_page(Some("that token is not valid"));
@@ -257,6 +264,30 @@ pub async fn login(
     tracing::info!(token = %name, "dashboard login");
     let cookie = set_cookie(&headers, &cookie_value(&key, &name, expiry), ttl);
     ([cookie], Redirect::to("/ui/")).into_response()
+}
+
+/// The other site a request says it came from, if it says so: a login form sent from
+/// another site would log the browser in with the sender's token (a login CSRF), and no
+/// session exists yet whose CSRF token could be asked for. Browsers say where a form came
+/// from in `Sec-Fetch-Site` (every current one) and `Origin` (a POST always carries it);
+/// `Origin` is compared with the host the request was sent to, which nginx passes on in
+/// `Host`. A request that carries neither (curl, an old browser) is not a browser's
+/// cross-site form and is let through.
+fn cross_site(headers: &HeaderMap) -> Option<String> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return match site.trim() {
+            "same-origin" | "none" => None,
+            other => Some(format!("Sec-Fetch-Site: {other}")),
+        };
+    }
+    let origin = text("origin")?.trim();
+    let host = text("x-forwarded-host").or_else(|| text("host"))?.trim();
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    (!origin_host.eq_ignore_ascii_case(host)).then(|| origin.to_string())
 }
 
 #[derive(Deserialize)]
@@ -369,6 +400,43 @@ mod tests {
         assert!(!csrf_matches(&session, ""));
         // The CSRF token is not the cookie's MAC.
         assert!(!ops.ends_with(&session.csrf));
+    }
+
+    #[test]
+    fn a_login_from_another_site_is_told_apart() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        for same in [
+            headers(&[]),
+            headers(&[("sec-fetch-site", "same-origin")]),
+            headers(&[("sec-fetch-site", "none")]),
+            headers(&[("origin", "http://vm1:8080"), ("host", "vm1:8080")]),
+            headers(&[
+                ("origin", "https://jobs.example"),
+                ("host", "shiftd"),
+                ("x-forwarded-host", "jobs.example"),
+            ]),
+            // Sec-Fetch-Site is the browser's own word and wins.
+            headers(&[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "http://elsewhere"),
+            ]),
+        ] {
+            assert_eq!(cross_site(&same), None, "{same:?}");
+        }
+        for other in [
+            headers(&[("sec-fetch-site", "cross-site")]),
+            headers(&[("sec-fetch-site", "same-site")]),
+            headers(&[("origin", "https://evil.example"), ("host", "vm1:8080")]),
+            headers(&[("origin", "null"), ("host", "vm1:8080")]),
+        ] {
+            assert!(cross_site(&other).is_some(), "{other:?}");
+        }
     }
 
     #[test]
