@@ -192,7 +192,8 @@ async fn request_ids_are_on_the_log_lines_of_the_request() {
             move || SharedBuf(lines.clone())
         })
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // The service's own wrapper, which gives a request's lines its span.
+    let _guard = tracing::subscriber::set_default(shiftd::logging::RequestScoped::new(subscriber));
     let (router, _db, _life) = app().await;
     let request = Request::get("/no/such/route")
         .header("x-request-id", "trace-me-42")

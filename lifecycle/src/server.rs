@@ -262,20 +262,22 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
         let shared = shared.clone();
         hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let guard = BusyGuard::new(&state, &shared.counters);
-            let router = shared.router.clone();
-            let draining = shared.draining.clone();
+            // One reference count for the request; a `CancellationToken` clone would take
+            // its tree's lock twice per request.
+            let shared = shared.clone();
             async move {
-                let response = router
+                let response = shared
+                    .router
+                    .clone()
                     .oneshot(request.map(Body::new))
                     .await
                     .unwrap_or_else(|never: Infallible| match never {});
-                let mut response = response.map(|inner| {
-                    Body::new(GuardedBody {
-                        inner,
-                        _guard: guard,
-                    })
+                // hyper takes any body: the guard rides along without a second box.
+                let mut response = response.map(|inner| GuardedBody {
+                    inner,
+                    _guard: guard,
                 });
-                if draining.is_cancelled() {
+                if shared.draining.is_cancelled() {
                     // hyper closes the connection after writing a response that says so.
                     response
                         .headers_mut()

@@ -145,3 +145,18 @@ impl Auth {
         }
     }
 }
+
+/// The caller of an API request, as an extractor: authenticated from the request's headers
+/// where they lie (no copy of the header map), with the tokens in force. A request without
+/// a valid token, where tokens are configured, is refused with the 401 of [`Auth::authenticate`].
+impl axum::extract::FromRequestParts<super::AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &super::AppState,
+    ) -> Result<Self, ApiError> {
+        state.snapshot().auth.authenticate(&parts.headers)
+    }
+}
+

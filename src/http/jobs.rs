@@ -536,9 +536,8 @@ fn check_batch_job(task: &crate::jobs::Task, i: usize, job: &BatchJob) -> Result
 pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<JobView>, ApiError> {
-    let caller = state.snapshot().auth.authenticate(&headers)?;
     let job = load_job(&state, &id, &caller).await?;
     let store = &state.jobs.store;
     let output_tail = read(|| store.output_tail(job.id, TAIL_LINES)).await?;
@@ -557,9 +556,8 @@ pub async fn get_job(
 pub async fn list_jobs(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<JobPage>, ApiError> {
-    let caller = state.snapshot().auth.authenticate(&headers)?;
     let limit = match q.limit.as_deref() {
         None => 50,
         Some(raw) => raw
@@ -613,9 +611,8 @@ pub async fn list_jobs(
 pub async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Job>, ApiError> {
-    let caller = state.snapshot().auth.authenticate(&headers)?;
     let job = load_job(&state, &id, &caller).await?;
     caller.may_use(&job.task)?;
     if job.state.is_final() {

@@ -18,13 +18,31 @@ use super::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteStatus {
-    route: String,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Route {
-    route: String,
+    route: &'static str,
+}
+
+/// A route pattern as a label, kept once for the life of the process, so counting a
+/// request allocates nothing. The patterns are the router's own (a request's raw path
+/// never gets here), so what is kept is bounded by the routes.
+pub fn route_label(route: &str) -> &'static str {
+    static SEEN: std::sync::RwLock<std::collections::BTreeSet<&'static str>> =
+        std::sync::RwLock::new(std::collections::BTreeSet::new());
+    if let Some(seen) = SEEN.read().expect("poisoned").get(route) {
+        return seen;
+    }
+    let mut seen = SEEN.write().expect("poisoned");
+    if let Some(kept) = seen.get(route) {
+        return kept;
+    }
+    let kept: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    seen.insert(kept);
+    kept
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,17 +209,13 @@ impl Metrics {
     }
 
     /// Counts and times one request by its route pattern (not its raw path).
-    pub fn request(&self, route: &str, status: u16, took: Duration) {
+    /// `route` is a [`route_label`] or a fixed text.
+    pub fn request(&self, route: &'static str, status: u16, took: Duration) {
         self.latency
-            .get_or_create(&Route {
-                route: route.to_owned(),
-            })
+            .get_or_create(&Route { route })
             .observe(took.as_secs_f64());
         self.requests
-            .get_or_create(&RouteStatus {
-                route: route.to_owned(),
-                status,
-            })
+            .get_or_create(&RouteStatus { route, status })
             .inc();
     }
 

@@ -1,18 +1,22 @@
 //! Cross-cutting request handling: the request body (size and time limits), the
-//! per-request timeout, JSON bodies for every error, metrics, request ids.
+//! per-request timeout, JSON bodies for every error, metrics, request ids and log spans.
 
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::logging::{self, RequestTag};
 use arc_swap::ArcSwap;
 use axum::body::{to_bytes, Body};
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use tower::ServiceExt as _;
 
 use super::error::error_response;
 use super::metrics::Metrics;
@@ -25,17 +29,79 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// `http.body_limit` in bytes (a restart setting).
     pub body_limit: usize,
+    pub ids: RequestIds,
 }
 
-/// Every request passes here once: the body read, the per-request timeout, the JSON error
-/// rewrite, and the metrics. One layer rather than three, because each `from_fn` layer
-/// boxes a future and clones the inner service per request (bench/run: the middleware was
-/// the whole gap between shiftd and a bare axum server).
-pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
+/// Every request passes here once: its request id and log tag, the body read, the
+/// per-request timeout, the JSON error rewrite, and the metrics. One layer rather than
+/// five, because each layer wraps the request's future (and tower-http's trace layer its
+/// body too), and a plain tower layer rather than axum's `from_fn`, which boxes the inner
+/// service as well as the future per request (bench/run: the middleware was the whole gap
+/// between shiftd and a bare axum server).
+#[derive(Clone)]
+pub struct EdgeLayer(pub Arc<Edge>);
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            inner,
+            edge: self.0.clone(),
+        }
+    }
+}
+
+/// A route's service with the edge around it (see [`EdgeLayer`]).
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    inner: S,
+    edge: Arc<Edge>,
+}
+
+impl<S> tower::Service<Request> for EdgeService<S>
+where
+    S: tower::Service<Request, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The one made ready is the one that serves; a clone waits for the next request.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let edge = self.edge.clone();
+        let tag = RequestTag {
+            id: edge.ids.of(request.headers()),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        };
+        Box::pin(async move {
+            let handled = handle(&edge, inner, request);
+            let (mut response, tag) = logging::in_request(tag, handled).await;
+            response.headers_mut().insert(REQUEST_ID, tag.id);
+            Ok(response)
+        })
+    }
+}
+
+/// What the edge does with the request's tag in place (its log lines carry it).
+async fn handle<S>(edge: &Edge, inner: S, request: Request) -> Response
+where
+    S: tower::Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+{
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(|p| super::metrics::route_label(p.as_str()));
     let started = Instant::now();
     // Both timeouts from one snapshot, read once (the guard is dropped before any await).
     let (limit, body_timeout) = {
@@ -44,8 +110,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
         (http.request_timeout, http.body_read_timeout)
     };
     let handled = async {
-        match read_body(&edge, body_timeout, request).await {
-            Ok(request) => json_errors(next.run(request).await).await,
+        match read_body(edge, body_timeout, request).await {
+            Ok(request) => {
+                let Ok(response) = inner.oneshot(request).await;
+                json_errors(response.into_response()).await
+            }
             Err(refused) => refused,
         }
     };
@@ -62,11 +131,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, request: Request, next: Next) -
             )
         }
     };
-    edge.metrics.request(
-        route.as_deref().unwrap_or("unmatched"),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    tracing::debug!(status, took = ?took, "finished processing request");
+    edge.metrics
+        .request(route.unwrap_or("unmatched"), status, took);
     response
 }
 
@@ -151,35 +220,42 @@ fn closing(mut response: Response) -> Response {
     response
 }
 
-/// Request ids `<process prefix>-<counter>`: unique per process and across restarts (the
-/// prefix is random), without a system call per request as random UUIDs need.
-#[derive(Clone)]
-pub struct SequentialRequestId {
-    prefix: Arc<str>,
-    next: Arc<AtomicU64>,
+/// The header that carries a request's id, both ways.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: the one the request brings in `X-Request-Id` (nginx's `$request_id`, a
+/// client's own), or `<process prefix>-<counter>`, unique per process and across restarts
+/// (the prefix is random) without a system call per request as random UUIDs need.
+pub struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
 }
 
-impl SequentialRequestId {
+impl RequestIds {
     pub fn new() -> Self {
         Self {
-            prefix: format!("{:08x}", rand::random::<u32>()).into(),
-            next: Arc::new(AtomicU64::new(1)),
+            prefix: format!("{:08x}", rand::random::<u32>()),
+            next: AtomicU64::new(1),
         }
     }
-}
 
-impl Default for SequentialRequestId {
-    fn default() -> Self {
-        Self::new()
+    /// The id of the request with these headers: the one it carries, or a new one.
+    pub fn of(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(given) = headers.get(REQUEST_ID) {
+            return given.clone();
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut text = String::with_capacity(self.prefix.len() + 21);
+        text.push_str(&self.prefix);
+        let _ = write!(text, "-{n}");
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+            .expect("hex digits, a dash and digits are a valid header value")
     }
 }
 
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

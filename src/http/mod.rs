@@ -14,12 +14,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -135,8 +132,6 @@ impl AppStateInner {
     }
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 #[derive(OpenApi)]
 #[openapi(
     info(title = "shiftd", description = "Durable jobs over HTTP. Every error is {\"error\": code, \"message\": text}."),
@@ -210,22 +205,11 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         snapshot,
         metrics,
         body_limit,
+        ids: middleware::RequestIds::new(),
     });
     routes.layer(
         ServiceBuilder::new()
-            .layer(SetRequestIdLayer::new(REQUEST_ID, middleware::SequentialRequestId::new()))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(|request: &Request<_>| {
-                        let id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
-                    })
-                    .on_request(())
-                    .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG))
-                    .on_failure(()),
-            )
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-            .layer(axum::middleware::from_fn_with_state(edge, middleware::edge)),
+            .layer(middleware::EdgeLayer(edge)),
     )
 }
