@@ -5,7 +5,7 @@
 //! ```text
 //! qb_phased --database-url URL --phase migrate
 //! qb_phased --database-url URL --phase enqueue --enqueue single|bulk --jobs 10000
-//! qb_phased --database-url URL --phase process --process single|batched --workers 4 [--prefetch 4]
+//! qb_phased --database-url URL --phase process --process single|batched --workers 4 [--prefetch 96]
 //! ```
 //!
 //! * `--enqueue single`: `--producers` loops of one `Store::enqueue` each (one commit a job).
@@ -14,7 +14,8 @@
 //! * `--process single`: what the runner did before batching: each worker loops
 //!   `Store::claim` (one job) then `Store::finish` (one commit each).
 //!   `batched`: what the runner does now: one claim loop takes up to its free workers plus
-//!   `--prefetch` jobs in one `Store::claim_batch`, a worker is free again once its job has
+//!   the claim depth in one `Store::claim_batch` (`shiftd::jobs::ClaimDepth`, the runner's
+//!   own policy, with `--prefetch` as its ceiling), a worker is free again once its job has
 //!   ended (its outcome is written meanwhile), and outcomes go through
 //!   `shiftd::jobs::finisher::Finisher` (the runner's own batching of completions); the
 //!   phase ends when every outcome has committed. The job itself does nothing.
@@ -32,7 +33,7 @@ use serde_json::json;
 use shiftd::config::{Backend, DatabaseConfig};
 use shiftd::jobs::finisher::Finisher;
 use shiftd::jobs::store::{Finish, FinishItem, JobState, NewJob};
-use shiftd::jobs::Store;
+use shiftd::jobs::{ClaimDepth, Store};
 use tokio::sync::{Notify, Semaphore};
 
 const TASK: &str = "queue-bench";
@@ -56,7 +57,8 @@ struct Args {
     batch: u64,
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    #[arg(long, default_value_t = 4)]
+    /// The claim depth's ceiling (`jobs.prefetch`; its default).
+    #[arg(long, default_value_t = 96)]
     prefetch: usize,
     /// The completion window of the finisher, in milliseconds.
     #[arg(long, default_value_t = 2)]
@@ -202,8 +204,9 @@ async fn process_single(store: &Store, workers: usize) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// As the runner: claims of free workers + prefetch in one statement, a local queue, a
-/// worker slot held until the outcome committed, outcomes batched by the `Finisher`.
+/// As the runner: claims of free workers + the claim depth in one statement (the runner's
+/// `ClaimDepth`), a local queue, a worker slot held until the job ended, outcomes batched
+/// by the `Finisher`.
 async fn process_batched(
     store: &Store,
     workers: usize,
@@ -215,6 +218,7 @@ async fn process_batched(
     let freed = Arc::new(Notify::new());
     let node = format!("qb:{}", std::process::id());
     let mut local: VecDeque<(shiftd::jobs::Job, String)> = VecDeque::new();
+    let mut depth = ClaimDepth::new(prefetch);
     let mut claims = 0u64;
     let mut drained = false;
     let mut done = 0u64;
@@ -226,6 +230,7 @@ async fn process_batched(
             done += 1;
         }
         // Start what the free slots allow.
+        let before = started;
         while !local.is_empty() {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 break;
@@ -250,15 +255,20 @@ async fn process_batched(
                 freed.notify_one();
             });
         }
+        if started > before {
+            depth.record_start((started - before) as usize, Instant::now());
+        }
         let free = slots.available_permits();
         let running = workers - free;
-        if !drained && free > 0 {
-            let limit = (workers + prefetch).saturating_sub(running + local.len());
+        let limit = depth.limit(workers, running, local.len(), Instant::now());
+        if !drained && limit > 0 {
             claims += 1;
             let owner = format!("{node}/{claims}");
+            let sent = Instant::now();
             let jobs = store
                 .claim_batch(&owner, &[(TASK.to_string(), limit)], limit, LEASE)
                 .await?;
+            depth.record_claim(sent.elapsed(), jobs.len());
             drained = jobs.len() < limit;
             local.extend(jobs.into_iter().map(|j| (j, owner.clone())));
             if !local.is_empty() && slots.available_permits() > 0 {
@@ -277,13 +287,9 @@ async fn process_batched(
             // claims; look once more before ending.
             let owner = format!("{node}/{}", claims + 1);
             claims += 1;
+            let limit = depth.limit(workers, 0, 0, Instant::now());
             let more = store
-                .claim_batch(
-                    &owner,
-                    &[(TASK.to_string(), workers + prefetch)],
-                    workers + prefetch,
-                    LEASE,
-                )
+                .claim_batch(&owner, &[(TASK.to_string(), limit)], limit, LEASE)
                 .await?;
             if more.is_empty() {
                 return Ok(done);

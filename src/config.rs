@@ -314,10 +314,14 @@ pub struct JobsConfig {
     /// Finished jobs and their output are deleted this long after they ended.
     #[serde(with = "humantime_serde")]
     pub retain: Duration,
-    /// Jobs claimed ahead of a free worker, held in a small local queue so one claim
-    /// statement serves several jobs (never past a task's `concurrency`). A job waits
+    /// The most jobs claimed ahead of the free workers, held in a local queue so one claim
+    /// statement serves several jobs (never past a task's `concurrency`). How many are
+    /// claimed ahead adapts (`jobs::ClaimDepth`): enough to cover a claim's round trip at
+    /// the pace jobs are starting (twice over), at least 1 and at most this. Short jobs
+    /// reach this ceiling; long jobs keep 1 ahead, so a node whose workers are busy leaves
+    /// the queue to the others. No claim is made while no worker is free. A job waits
     /// there at most a quarter of `lease` (then it goes back to the queue, its attempt not
-    /// counted). 0: claim only for free workers.
+    /// counted). 0: claim only for free workers. 0 to 1000.
     pub prefetch: u32,
     /// Most jobs one `POST /v1/tasks/{task}/jobs:batch` may add (1 to 10000).
     pub batch_max: u32,
@@ -333,7 +337,7 @@ impl Default for JobsConfig {
             max_output: ByteSize(16 << 20),
             output_buffer: ByteSize(4 << 20),
             retain: Duration::from_secs(14 * 24 * 3600),
-            prefetch: 4,
+            prefetch: 96,
             batch_max: 1000,
         }
     }

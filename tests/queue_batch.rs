@@ -241,6 +241,7 @@ both_backends!(
     enqueue_batch_is_all_or_nothing,
     the_largest_batch_goes_in_whole,
     batch_endpoint_runs_every_job,
+    long_jobs_keep_one_ahead_and_leave_the_rest,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -341,6 +342,95 @@ params = { who = "[a-z0-9]+" }"#,
             assert!(Instant::now() < deadline, "job {id} did not succeed: {job}");
             tokio::time::sleep(millis(50)).await;
         }
+    }
+}
+
+/// Waits until `addr` lists at least `n` jobs in `state`, and returns how many it lists;
+/// fails the test after 30 s.
+async fn wait_count(addr: SocketAddr, state: &str, n: usize) -> usize {
+    let deadline = Instant::now() + secs(30);
+    loop {
+        let page: Value = client()
+            .get(format!("http://{addr}/v1/jobs?state={state}&limit=500"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got = page["jobs"].as_array().map(Vec::len).unwrap_or(0);
+        if got >= n {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{got} {state} jobs, not {n}");
+        tokio::time::sleep(millis(20)).await;
+    }
+}
+
+const GATE: &str = r#"[tasks.gate]
+command = ["/bin/sh", "-c", "while [ ! -e \"$0\" ]; do sleep 0.02; done", "{file}"]
+params = { file = "/[a-zA-Z0-9/._-]+" }
+concurrency = 10"#;
+
+/// With the default `jobs.prefetch` (a deep ceiling), a node whose jobs run long claims its
+/// free workers plus one ahead, not the ceiling: of 10 queued jobs a node with 2 workers
+/// takes 3 (2 run, 1 waits), and on PostgreSQL a second node takes 3 of the 7 left. The
+/// counts are read after the claims, which take their jobs in one statement each, and no
+/// claim is made while no worker is free. Then every job runs once.
+async fn long_jobs_keep_one_ahead_and_leave_the_rest(backend: Backend) {
+    let (b, db) = builder(backend).await;
+    // A long lease: the job held ahead stays held (up to a quarter of it) however slowly
+    // the second node starts.
+    let b = b
+        .set("jobs.workers", 2)
+        .set("jobs.lease", "120s")
+        .toml(GATE);
+    let a = b.clone().start().await;
+    let gate = a.workdir().path().join("open");
+    let jobs: Vec<Value> = (0..10)
+        .map(|_| json!({"params": {"file": gate.display().to_string()}}))
+        .collect();
+    let (status, body) = post_batch(a.addr, None, "gate", json!({ "jobs": jobs })).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        wait_count(a.addr, "running", 1).await,
+        3,
+        "2 workers + 1 ahead"
+    );
+    assert_eq!(wait_count(a.addr, "queued", 0).await, 7);
+    let second = match &db {
+        Some(db) => Some(
+            Shiftd::builder()
+                .set("jobs.poll_interval", "100ms")
+                .set("database.url", db.url.clone())
+                .set("jobs.workers", 2)
+                .set("jobs.lease", "120s")
+                .toml(GATE)
+                .start()
+                .await,
+        ),
+        None => None,
+    };
+    if second.is_some() {
+        assert_eq!(
+            wait_count(a.addr, "running", 4).await,
+            6,
+            "the second node's 2 + 1"
+        );
+        assert_eq!(wait_count(a.addr, "queued", 0).await, 4);
+    }
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(wait_count(a.addr, "succeeded", 10).await, 10);
+    let page: Value = client()
+        .get(format!("http://{}/v1/jobs?limit=500", a.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for job in page["jobs"].as_array().unwrap() {
+        assert_eq!(job["attempts"], 1, "ran once: {job}");
     }
 }
 

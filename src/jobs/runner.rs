@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::depth::ClaimDepth;
 use super::finisher::Finisher;
 use super::output::OutputBuffer;
 use super::spawn::Spawner;
@@ -76,7 +77,8 @@ pub struct RunnerSettings {
     /// `jobs.output_buffer`; read once, at start.
     pub output_buffer: usize,
     pub retain: Duration,
-    /// `jobs.prefetch`: jobs claimed ahead of a free worker.
+    /// `jobs.prefetch`: the most jobs claimed ahead of the free workers (the claim depth's
+    /// ceiling, see [`ClaimDepth`]).
     pub prefetch: usize,
     pub tasks: BTreeMap<String, Arc<Task>>,
 }
@@ -535,21 +537,24 @@ struct Prefetched {
 async fn claim_loop(inner: Arc<Inner>) {
     let mut failures = 0u32;
     let mut local: std::collections::VecDeque<Prefetched> = Default::default();
+    // How many jobs to hold ahead: follows the claims' round trip and the jobs' pace.
+    let mut depth = ClaimDepth::new(inner.settings().prefetch);
     loop {
         if inner.stop_claiming.is_cancelled() {
             break;
         }
         let settings = inner.settings();
+        depth.set_ceiling(settings.prefetch);
         let mut wait = settings.poll_interval;
         // Jobs waiting here start as soon as a worker (and their task's limit) allows;
         // one that waited a quarter of its lease goes back to the queue.
-        start_local(&inner, &settings, &mut local).await;
+        start_local(&inner, &settings, &mut local, &mut depth).await;
         if let Some(oldest) = local.front() {
             let left =
                 (oldest.sent + settings.prefetch_wait()).saturating_duration_since(Instant::now());
             wait = wait.min(left.max(Duration::from_millis(1)));
         }
-        let (caps, limit) = claim_caps(&inner, &settings, &local);
+        let (caps, limit) = claim_caps(&inner, &settings, &local, &mut depth);
         if limit > 0 {
             let lease_owner = format!(
                 "{}/{}",
@@ -571,6 +576,7 @@ async fn claim_loop(inner: Arc<Inner>) {
             match claimed {
                 Ok(jobs) => {
                     failures = 0;
+                    depth.record_claim(sent.elapsed(), jobs.len());
                     let full = jobs.len() == limit;
                     local.extend(jobs.into_iter().map(|job| Prefetched {
                         job,
@@ -578,7 +584,7 @@ async fn claim_loop(inner: Arc<Inner>) {
                         sent,
                         lease: settings.lease,
                     }));
-                    start_local(&inner, &settings, &mut local).await;
+                    start_local(&inner, &settings, &mut local, &mut depth).await;
                     if full {
                         // There may be more: look again at once.
                         continue;
@@ -606,13 +612,16 @@ async fn claim_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Starts the local jobs that a free worker and their task's limit allow, oldest first;
-/// returns to the queue those that waited too long or whose task is gone.
+/// Starts the local jobs that a free worker and their task's limit allow, oldest first
+/// (counted in `depth`'s start rate); returns to the queue those that waited too long or
+/// whose task is gone.
 async fn start_local(
     inner: &Arc<Inner>,
     settings: &RunnerSettings,
     local: &mut std::collections::VecDeque<Prefetched>,
+    depth: &mut ClaimDepth,
 ) {
+    let mut started = 0;
     let mut kept = std::collections::VecDeque::with_capacity(local.len());
     let mut expired = Vec::new();
     let paused = inner.view.read().expect("poisoned").paused.clone();
@@ -645,11 +654,15 @@ async fn start_local(
                 started: Instant::now(),
             };
             spawn_job(inner, attempt);
+            started += 1;
         } else {
             kept.push_back(p);
         }
     }
     *local = kept;
+    if started > 0 {
+        depth.record_start(started, Instant::now().into_std());
+    }
     for p in expired {
         release(inner, settings, p).await;
     }
@@ -669,13 +682,14 @@ async fn release(inner: &Inner, settings: &RunnerSettings, p: Prefetched) {
 }
 
 /// What the next claim may take: per task, the free places under its `concurrency`
-/// (running and waiting here both count); in all, the free workers plus the prefetch, less
-/// what waits here, and nothing while no worker is free. So a job waits here only for a
-/// worker, never for its task's limit.
+/// (running and waiting here both count); in all, [`ClaimDepth::limit`]: the free workers
+/// plus the depth, less what waits here, and nothing while no worker is free. So a job
+/// waits here only for a worker, never for its task's limit.
 fn claim_caps(
     inner: &Inner,
     settings: &RunnerSettings,
     local: &std::collections::VecDeque<Prefetched>,
+    depth: &mut ClaimDepth,
 ) -> (Vec<(String, usize)>, usize) {
     let paused = inner.view.read().expect("poisoned").paused.clone();
     let running = inner.running.lock().expect("poisoned");
@@ -686,13 +700,15 @@ fn claim_caps(
     for p in local {
         *per_task.entry(p.job.task.as_str()).or_default() += 1;
     }
-    // Only when a worker is free: no claim is made just to fill the local queue, so a
-    // node whose workers are all busy with long jobs leaves the queue to the others.
-    let limit = if running.len() < settings.workers {
-        (settings.workers + settings.prefetch).saturating_sub(running.len() + local.len())
-    } else {
-        0
-    };
+    // Only when a worker is free (the depth's rule): no claim is made just to fill the
+    // local queue, so a node whose workers are all busy with long jobs leaves the queue
+    // to the others.
+    let limit = depth.limit(
+        settings.workers,
+        running.len(),
+        local.len(),
+        Instant::now().into_std(),
+    );
     let caps = settings
         .tasks
         .iter()
