@@ -159,4 +159,3 @@ impl axum::extract::FromRequestParts<super::AppState> for Caller {
         state.snapshot().auth.authenticate(&parts.headers)
     }
 }
-
