@@ -229,7 +229,7 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
 const MAN_EXTRA: &str = r#".SH FILES
 .TP
 \fI/etc/shiftd/shiftd.toml\fR
-The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [auth], [notices] and [tasks.NAME].
+The configuration: [http], [database], [startup], [shutdown], [log], [jobs], [auth], [notices], [ui] and [tasks.NAME].
 .TP
 \fI/var/lib/shiftd/shiftd.db\fR
 The embedded SQLite database (StateDirectory=shiftd).
@@ -271,6 +271,14 @@ seconds field), \fBtimezone = "Europe/Berlin"\fR (default UTC) gets one job, wit
 parameters, at each occurrence, enqueued once across all processes sharing the database.
 After downtime \fBcatch_up = "latest"\fR (default) runs the latest missed occurrence once,
 \fB"none"\fR skips missed ones; a new or changed schedule catches nothing up.
+.SH DASHBOARD
+\fB/ui/\fR on the API's own port is a dashboard for people: the state of the service and its
+queue, the last ten stops with each stage against its budget, the jobs (filtered by task and
+state), each job with its log as it is written, and the tasks, with pause, resume and a start
+form. Log in with an API token: the session cookie holds no secret, lasts \fB[ui] session_ttl\fR
+(default 12h), ends when that token is removed or changed, and may see and do what the token
+may over the API. Forms carry a CSRF token; a login sent from another site is refused. With no
+tokens configured the dashboard is read-only. It needs no asset from another host.
 .SH RELOAD AND UPGRADE
 \fBsystemctl reload shiftd\fR runs \fBshiftd reload\fR: the running process starts
 /usr/bin/shiftd with the listening socket, keeps serving until the new process is ready
