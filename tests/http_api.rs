@@ -207,6 +207,50 @@ async fn request_ids_are_on_the_log_lines_of_the_request() {
     );
 }
 
+/// The span of a request costs it its creation, its fields' formatting and an enter and
+/// exit on every poll, so it is made only for the lines a request logs: none for a request
+/// that logs nothing (at `info`, a `GET /healthz`), one per line otherwise (at `debug`, the
+/// edge's "finished processing request").
+#[tokio::test]
+async fn a_request_that_logs_nothing_opens_no_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    for (level, spans) in [
+        (tracing_subscriber::filter::LevelFilter::INFO, 0),
+        (tracing_subscriber::filter::LevelFilter::DEBUG, 1),
+    ] {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(level)
+            .with(SpanNames(seen.clone()));
+        let _guard =
+            tracing::subscriber::set_default(shiftd::logging::RequestScoped::new(subscriber));
+        let (router, _db, _life) = app().await;
+        seen.lock().unwrap().clear();
+        let (status, _, _) = call(&router, get("/healthz")).await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), spans, "at {level}: {seen:?}");
+        assert!(seen.iter().all(|s| s == "request"), "{seen:?}");
+    }
+}
+
+/// Records the name of every span made.
+struct SpanNames(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanNames {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(attrs.metadata().name().to_string());
+    }
+}
+
 struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for SharedBuf {
