@@ -222,6 +222,54 @@ async fn the_largest_batch_goes_in_whole(backend: Backend) {
     assert_eq!(last.state, JobState::Scheduled);
 }
 
+/// A batched finish keeps what each job's outcome says to the byte: quotes, backslashes,
+/// line breaks, non-ASCII text, absent and present exit codes and signals, in a batch of
+/// many (PostgreSQL carries the batch as one JSON value, SQLite as bound values).
+async fn a_batched_finish_keeps_every_outcome_exactly(backend: Backend) {
+    let (store, _g, _d) = migrated_store(backend).await;
+    store
+        .enqueue_batch("t", &new_jobs(40), 1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let jobs = store
+        .claim_batch("n/1", &[("t".to_string(), 40)], 40, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 40);
+    let texts = [
+        None,
+        Some(r#"said "no" \ then \"quit\""#.to_string()),
+        Some("line one\nline two\r\n\ttabbed".to_string()),
+        Some("ünïcödé ✓ 日本 🦀".to_string()),
+        Some("{\"json\": [1, 2]} ' ; DROP TABLE jobs; --".to_string()),
+    ];
+    let outcome = |i: usize| Finish {
+        state: if i % 2 == 0 {
+            JobState::Failed
+        } else {
+            JobState::Succeeded
+        },
+        exit_code: (i % 3 != 0).then_some(i as i64 - 20),
+        exit_signal: (i % 4 == 0).then_some(9),
+        error: texts[i % texts.len()].clone(),
+    };
+    let items: Vec<FinishItem> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, job)| FinishItem::new(job, "n/1", &outcome(i), Duration::ZERO))
+        .collect();
+    assert_eq!(store.finish_batch(&items).await.unwrap().len(), 40);
+    for (i, job) in jobs.iter().enumerate() {
+        let got = store.get(job.id).await.unwrap().unwrap();
+        let want = outcome(i);
+        assert_eq!(got.state, want.state, "job {i}");
+        assert_eq!(got.exit_code, want.exit_code, "job {i}");
+        assert_eq!(got.exit_signal, want.exit_signal, "job {i}");
+        assert_eq!(got.error, want.error, "job {i}");
+    }
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -242,6 +290,7 @@ both_backends!(
     the_largest_batch_goes_in_whole,
     batch_endpoint_runs_every_job,
     long_jobs_keep_one_ahead_and_leave_the_rest,
+    a_batched_finish_keeps_every_outcome_exactly,
 );
 
 // ---------------------------------------------------------------------------------------

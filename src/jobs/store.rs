@@ -870,6 +870,9 @@ impl Store {
              ((state IN ('queued', 'scheduled') AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) AND \
              task NOT IN (SELECT task FROM paused_tasks)"
         );
+        // The limits are written into the text, not bound: for an unknown LIMIT,
+        // PostgreSQL's generic plan walks the primary key (every finished job) instead of
+        // `jobs_runnable` (`EXPLAIN EXECUTE` under `plan_cache_mode = force_generic_plan`).
         let pick = if tasks.iter().all(|(_, cap)| *cap >= limit) {
             // No task's cap binds: one ordered scan over all of them.
             let placeholders: Vec<String> =
