@@ -259,13 +259,14 @@ done
 wait_for 60 "shiftd.service active" ns_exec systemctl is-active --quiet shiftd.service ||
     { ns_exec journalctl -q --no-pager -u shiftd.service -n 40 >&2 || true; fail "shiftd.service did not start after a fresh install"; }
 say "ok: fresh install enabled and started both units"
-# ExecReload=shiftd check runs inside the sandbox as the user shiftd; it must still be
-# able to ask systemd about the unit rather than skip the comparison.
+# ExecReload=shiftd reload runs inside the sandbox as the user shiftd, and compares the
+# unit's timeouts with the budgets before it hands over: it must still be able to ask
+# systemd about the unit rather than skip the comparison.
 ns_exec timeout 30 systemctl reload shiftd.service || fail "systemctl reload shiftd failed after a fresh install"
 unit_checked() { ns_exec journalctl -q --no-pager -u shiftd.service -o cat | grep -qF "TimeoutStopSec=${unit_stop}s fits"; }
 wait_for 10 "the unit check in the journal" unit_checked ||
-    { ns_exec journalctl -q --no-pager -u shiftd.service -n 60 -o cat >&2 || true; fail "ExecReload=shiftd check did not compare the unit's timeouts (journal above)"; }
-say "ok: \`shiftd check\` inside the sandbox compared the unit's timeouts with the budgets"
+    { ns_exec journalctl -q --no-pager -u shiftd.service -n 60 -o cat >&2 || true; fail "ExecReload=shiftd reload did not compare the unit's timeouts (journal above)"; }
+say "ok: \`shiftd reload\` inside the sandbox compared the unit's timeouts with the budgets"
 
 inside runuser -u shiftd -- test -r /etc/shiftd/shiftd.toml || fail "the user shiftd cannot read /etc/shiftd/shiftd.toml"
 [[ $(inside stat -c '%U:%G %a' /etc/shiftd/shiftd.toml) == "root:shiftd 640" ]] ||

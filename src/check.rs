@@ -40,8 +40,8 @@ pub fn run(path: Option<&Path>, options: Options) -> u8 {
     say(&format!(
         "# shiftd check: configuration from {source} (plus SHIFTD_* overrides) is valid"
     ));
-    // The unit runs this at every reload, so what is printed reaches the journal: show a
-    // copy without passwords, environment values or token secrets.
+    // What is printed ends up in terminals, tickets and journals (post-install-check runs
+    // this): show a copy without passwords, environment values or token secrets.
     match toml::to_string_pretty(&crate::redact::config(&config)) {
         Ok(text) => say(&text),
         Err(e) => say(&format!("# (cannot render the settings: {e})")),
@@ -56,9 +56,16 @@ pub fn run(path: Option<&Path>, options: Options) -> u8 {
     if options.skip_unit {
         return exit::OK;
     }
+    unit(&config, say)
+}
+
+/// The unit half of the check: compares the installed unit's timeouts with the budgets of
+/// `config`. Says what fits through `say`; prints what does not fit (the drop-in to write)
+/// to stderr and returns [`exit::CONFIG`]. `shiftd reload` runs it before every hand-over.
+pub fn unit(config: &Config, say: impl Fn(&str)) -> u8 {
     let budgets = Budgets {
-        stop_grace: s.grace,
-        startup_total: crate::service::startup_budget(&config),
+        stop_grace: config.shutdown.grace,
+        startup_total: crate::service::startup_budget(config),
     };
     match check_installed_unit("shiftd", &budgets) {
         UnitFit::Skipped(why) => {

@@ -40,8 +40,10 @@ pub enum Command {
     /// Hand the running service over to a new process of /usr/bin/shiftd (a new binary after
     /// an upgrade, and the configuration as it is now) while the old one keeps serving, and
     /// wait for the outcome: exit 0 once the new process serves, 1 with the reason when it
-    /// could not start (the old one then keeps serving). This is the unit's ExecReload=, so
-    /// `systemctl reload shiftd` fails when the hand-over does.
+    /// could not start (the old one then keeps serving). Refused first (exit 78, nothing
+    /// started) when the configuration is invalid or the unit's timeouts do not fit it, as
+    /// `shiftd check` would say. This is the unit's ExecReload=, so `systemctl reload
+    /// shiftd` fails when the hand-over does.
     Reload {
         /// How long to wait for the outcome. Default: the startup budget
         /// (startup.step_timeout × 4) plus 5s.

@@ -111,16 +111,26 @@ fn serve(cli: Cli, systemd: SystemdEnv) -> ExitCode {
 
 /// `shiftd reload`: ask the running process for a hand-over and report how it ended.
 fn reload(config_path: Option<&std::path::Path>, timeout: Option<std::time::Duration>) -> ExitCode {
-    let timeout = match timeout {
-        Some(t) => t,
-        None => match Config::load(config_path) {
-            Ok(config) => service::hand_over_timeout(&config) + std::time::Duration::from_secs(5),
-            Err(e) => {
-                eprintln!("shiftd: reload refused: {e}");
-                return ExitCode::from(exit::CONFIG);
-            }
-        },
+    // The new process reads the same file: refuse here, before anything is started, when
+    // it would refuse to start. Then the unit check that `shiftd check` makes, in this one
+    // exec (each exec of the unit pays the sandbox's set-up again): a reload never hands
+    // over to a configuration whose stop no longer fits TimeoutStopSec=.
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("shiftd: reload refused: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
     };
+    let unit = shiftd::check::unit(&config, |line| {
+        println!("shiftd: {}", line.trim_start_matches("# "))
+    });
+    if unit != exit::OK {
+        eprintln!("shiftd: reload refused: the unit does not fit the configuration (above); the running process serves on");
+        return ExitCode::from(unit);
+    }
+    let timeout = timeout
+        .unwrap_or_else(|| service::hand_over_timeout(&config) + std::time::Duration::from_secs(5));
     let path = service::control_path();
     match lifecycle::control::request_reload(&path, timeout) {
         Ok(what) => {

@@ -1,6 +1,6 @@
 //! Compares the installed systemd unit's timeouts with the service's own budgets.
 //!
-//! `shiftd check` calls [`check_installed_unit`]. It asks systemd for the unit's
+//! `shiftd check` and `shiftd reload` call [`check_installed_unit`]. It asks systemd for the unit's
 //! `TimeoutStopUSec`, `TimeoutStartUSec` and `WatchdogUSec` (with a deadline: `systemctl`
 //! is killed after 3 s) and says whether the stop and the startup fit inside them. When
 //! they do not, the lines end with the exact drop-in to write. Off systemd it skips.

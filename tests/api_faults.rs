@@ -277,7 +277,7 @@ command = ["/bin/sh", "-c", "echo private output"]"#
 // Finding 11: secrets.
 // ---------------------------------------------------------------------------------------
 
-/// Finding 11: `shiftd check` (run by the unit at every reload, into the journal) prints
+/// Finding 11: `shiftd check` (whose output operators paste and post-install-check shows) prints
 /// no database password, password query parameter or task environment value.
 #[tokio::test]
 async fn check_prints_no_secrets() {

@@ -261,6 +261,44 @@ async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_th
     successor.wait_gone(secs(10)).await;
 }
 
+/// `shiftd reload` reads the configuration the new process would read, and refuses a bad
+/// one itself, exit 78, before the running process is asked for anything: the unit's one
+/// `ExecReload=` does what a `shiftd check` before it did, without a second exec.
+#[tokio::test]
+async fn a_reload_refuses_a_bad_configuration_before_the_running_process_is_asked() {
+    let app = Shiftd::builder().start().await;
+    let good = std::fs::read_to_string(&app.config_path).unwrap();
+    app.rewrite_config(&format!("{good}\n[bogus]\nkey = 1\n"));
+    let config = app.config_path.display().to_string();
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["--config", &config, "reload", "--timeout", "30s"])
+        .current_dir(app.workdir().path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .await
+        .expect("run shiftd reload");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "shiftd reload: {stderr}");
+    assert!(
+        stderr.contains("reload refused") && stderr.contains("bogus"),
+        "the reason, naming the key: {stderr}"
+    );
+    // The client had its answer before it asked: no hand-over began.
+    assert!(
+        !app.stderr.contains("hand-over: starting"),
+        "{}",
+        app.stderr.dump()
+    );
+    let r = client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test]
 async fn a_stop_of_the_new_process_is_forwarded_to_the_old_one_and_both_exit_within_the_grace() {
     let app = held_task(Shiftd::builder())

@@ -4,7 +4,7 @@
 # which only EXTEND_TIMEOUT_USEC heartbeats can make true, and the job must succeed.
 #
 # The restart is done as stop, then start without the drop-in: a TimeoutStopSec that cannot
-# hold shutdown.grace is no unit to go on serving under (`shiftd check` at the next reload
+# hold shutdown.grace is no unit to go on serving under (the unit check of the next reload
 # would refuse it); the stop is what this scenario is about.
 
 STOP_TIMEOUT=3
