@@ -112,14 +112,29 @@ async fn wait_state(addr: std::net::SocketAddr, id: i64, state: &str, timeout: D
 
 /// Runs `shiftd reload` as the unit's ExecReload= does, in the service's directory.
 async fn reload(app: &Shiftd, timeout: &str) -> (i32, String, String) {
+    shiftd_in(app, &["reload", "--timeout", timeout]).await
+}
+
+/// `/readyz`'s status, from the host the test runs on.
+async fn readyz(app: &Shiftd) -> reqwest::StatusCode {
+    client()
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Runs the binary with `args` in the service's directory, with only PATH set.
+async fn shiftd_in(app: &Shiftd, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(BIN)
-        .args(["reload", "--timeout", timeout])
+        .args(args)
         .current_dir(app.workdir().path())
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .output()
         .await
-        .expect("run shiftd reload");
+        .expect("run shiftd");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -212,12 +227,7 @@ async fn a_reload_hands_over_and_the_old_process_finishes_its_running_job_untouc
     );
 
     // The new process serves on alone, and stops on SIGTERM.
-    let r = client()
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(readyz(&app).await, 200);
     successor.signal(nix::sys::signal::Signal::SIGTERM);
     successor.wait_gone(secs(10)).await;
 }
@@ -246,12 +256,7 @@ async fn a_new_process_that_cannot_start_fails_the_reload_with_the_reason_and_th
     assert!(warning.text.contains("WARN"), "{}", warning.text);
     // Back to ready, and still serving.
     app.notify.wait_line("READY=1", secs(5)).await;
-    let r = client()
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(readyz(&app).await, 200);
 
     // With the configuration fixed, the next reload succeeds.
     app.rewrite_config(&good);
@@ -271,16 +276,9 @@ async fn a_reload_refuses_a_bad_configuration_before_the_running_process_is_aske
     app.rewrite_config(&format!("{good}\n[bogus]\nkey = 1\n"));
     let config = app.config_path.display().to_string();
 
-    let out = tokio::process::Command::new(BIN)
-        .args(["--config", &config, "reload", "--timeout", "30s"])
-        .current_dir(app.workdir().path())
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .await
-        .expect("run shiftd reload");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "shiftd reload: {stderr}");
+    let (code, _, stderr) =
+        shiftd_in(&app, &["--config", &config, "reload", "--timeout", "30s"]).await;
+    assert_eq!(code, 78, "shiftd reload: {stderr}");
     assert!(
         stderr.contains("reload refused") && stderr.contains("bogus"),
         "the reason, naming the key: {stderr}"
@@ -291,12 +289,7 @@ async fn a_reload_refuses_a_bad_configuration_before_the_running_process_is_aske
         "{}",
         app.stderr.dump()
     );
-    let r = client()
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(readyz(&app).await, 200);
 }
 
 #[tokio::test]
