@@ -224,7 +224,7 @@ async fn the_largest_batch_goes_in_whole(backend: Backend) {
 
 /// A batched finish keeps what each job's outcome says to the byte: quotes, backslashes,
 /// line breaks, non-ASCII text, absent and present exit codes and signals, in a batch of
-/// many (PostgreSQL carries the batch as one JSON value, SQLite as bound values).
+/// many (PostgreSQL and SQLite both bind each value: a VALUES list, no text assembled).
 async fn a_batched_finish_keeps_every_outcome_exactly(backend: Backend) {
     let (store, _g, _d) = migrated_store(backend).await;
     store
