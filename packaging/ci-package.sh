@@ -16,8 +16,10 @@
 #     helpers in tests/e2e/lib and cached in /var/cache/shiftd-ci): install;
 #     systemd-analyze verify on both units; systemd-analyze security <= 1.5; the
 #     service ready through the socket; the post-install check passes; the nginx site
-#     passes `nginx -t`; an upgrade restarts the service and leaves the socket alone;
-#     remove keeps config, data and user; purge deletes them.
+#     passes `nginx -t`; an upgrade restarts the service, leaves the socket alone and
+#     runs no deb-systemd-helper (its records of the units stay untouched); remove
+#     keeps config, data and user; a reinstall after remove enables and starts both
+#     units again; purge deletes config, data, user and the helper's records.
 #
 # The path of the .deb is the last line on stdout.
 set -euo pipefail
@@ -201,6 +203,11 @@ grep -qE '^if \[ -d /run/systemd/system \] && \[ "\$1" = remove \]; then$' "$WOR
     fail "prerm stops the units on something other than remove (expected debhelper's remove-only block)"
 grep -qE 'deb-systemd-invoke restart shiftd.service( |$)' "$WORK/control/postinst" ||
     fail "postinst does not restart shiftd.service on upgrade"
+# The units' scripts are written by hand (no `systemd-units` in Cargo.toml): deb-systemd-helper
+# runs only in postinst's enable loop, behind the check that it would change nothing, and
+# in postrm on remove and purge.
+grep -qE '^        if \[ -n "\$2" \] && enable_step_is_noop "\$unit"; then$' "$WORK/control/postinst" ||
+    fail "postinst must skip deb-systemd-helper on upgrade only through enable_step_is_noop"
 say "ok: on upgrade only shiftd.service is restarted; the units are stopped only on remove"
 
 # ------------------------------------------------------------------------------------
@@ -286,6 +293,15 @@ say "ok: nginx -t passes with the shipped site"
 
 # Upgrade to the same payload at a higher version: the service gets a new process, the
 # socket keeps its invocation (it was never stopped), so its port never closed.
+# deb-systemd-helper replaces its record of a unit's links (a new file, renamed over the
+# old) whenever it enables the unit or updates its state: records with the inodes they had
+# before show that postinst skipped it, and that postinst's reading of the units' [Install]
+# lines agrees with the helper's (were it to disagree, the helper would run).
+dsh_records() {
+    inside stat -c '%n %i' /var/lib/systemd/deb-systemd-helper-enabled/shiftd.service.dsh-also \
+        /var/lib/systemd/deb-systemd-helper-enabled/shiftd.socket.dsh-also
+}
+records_before=$(dsh_records) || fail "no deb-systemd-helper records of the units after a fresh install"
 E2E_DEB=$DEB build_next_deb
 socket_before=$(unit_prop shiftd.socket InvocationID)
 service_before=$(unit_prop shiftd.service MainPID)
@@ -299,6 +315,13 @@ wait_for 60 "shiftd.service active after the upgrade" ns_exec systemctl is-activ
 [[ $(unit_prop shiftd.service MainPID) != "$service_before" ]] ||
     fail "the upgrade did not restart shiftd.service (MainPID $service_before unchanged)"
 say "ok: upgrade restarted shiftd.service (pid $service_before -> $(unit_prop shiftd.service MainPID)), shiftd.socket stayed up"
+records_after=$(dsh_records) || fail "the upgrade lost deb-systemd-helper's records of the units"
+[[ $records_after == "$records_before" ]] ||
+    { printf 'before:\n%s\nafter:\n%s\n' "$records_before" "$records_after" >&2; fail "the upgrade ran deb-systemd-helper on the units (its records were rewritten)"; }
+for unit in shiftd.socket shiftd.service; do
+    [[ $(unit_prop "$unit" UnitFileState) == enabled ]] || fail "$unit is not enabled after the upgrade"
+done
+say "ok: the upgrade left both units enabled and ran no deb-systemd-helper"
 
 inside apt-get remove -y -q shiftd >"$WORK/remove.log" 2>&1 || { tail -30 "$WORK/remove.log" >&2; fail "apt-get remove failed"; }
 for unit in shiftd.service shiftd.socket; do
@@ -309,12 +332,31 @@ inside test -f /var/lib/shiftd/shiftd.db || fail "apt-get remove deleted /var/li
 inside getent passwd shiftd >/dev/null || fail "apt-get remove deleted the user shiftd (only purge may)"
 say "ok: remove stopped both units and kept the configuration, the data and the user"
 
+# Remove masks both units (debhelper's postrm); a reinstall lifts the mask, and the units
+# are enabled and running again.
+inside test -L /etc/systemd/system/shiftd.service || fail "apt-get remove did not mask shiftd.service (debhelper's postrm does)"
+inside apt-get install -y -q "/root/$(basename "$E2E_DEB_NEXT")" >"$WORK/reinstall.log" 2>&1 ||
+    { tail -30 "$WORK/reinstall.log" >&2; fail "reinstalling the package after apt-get remove failed"; }
+for unit in shiftd.socket shiftd.service; do
+    inside test ! -e "/etc/systemd/system/$unit" || fail "$unit is still masked after a reinstall"
+    [[ $(unit_prop "$unit" UnitFileState) == enabled ]] || fail "$unit is not enabled after a reinstall"
+    wait_for 60 "$unit active after a reinstall" ns_exec systemctl is-active --quiet "$unit" ||
+        fail "$unit is not running after a reinstall"
+done
+say "ok: a reinstall after remove unmasked, enabled and started both units"
+
 inside apt-get purge -y -q shiftd >"$WORK/purge.log" 2>&1 || { tail -30 "$WORK/purge.log" >&2; fail "apt-get purge failed"; }
 inside test ! -e /etc/shiftd || fail "apt-get purge left /etc/shiftd"
 inside test ! -e /var/lib/shiftd || fail "apt-get purge left /var/lib/shiftd"
 inside getent passwd shiftd >/dev/null && fail "apt-get purge left the user shiftd"
 inside getent group shiftd >/dev/null && fail "apt-get purge left the group shiftd"
-say "ok: purge removed /etc/shiftd, /var/lib/shiftd and the user"
+for unit in shiftd.service shiftd.socket; do
+    [[ $(unit_prop "$unit" ActiveState) != active ]] || fail "$unit is still active after apt-get purge"
+    inside test ! -e "/etc/systemd/system/$unit" || fail "apt-get purge left a mask of $unit"
+done
+leftover=$(inside find /var/lib/systemd /etc/systemd/system -name 'shiftd.*' -not -path '*/shiftd.socket.d*') || true
+[[ -z $leftover ]] || { echo "$leftover" >&2; fail "apt-get purge left deb-systemd-helper records or links of the units (above)"; }
+say "ok: purge removed /etc/shiftd, /var/lib/shiftd, the user, and the units' links and records"
 
 teardown_container
 say "all package checks passed in $((SECONDS - STARTED)) s"
