@@ -270,6 +270,58 @@ async fn a_batched_finish_keeps_every_outcome_exactly(backend: Backend) {
     }
 }
 
+/// PostgreSQL: a claim changes no indexed value (no index names `state`; migration 0009), so
+/// with the table's fillfactor leaving room it is a heap-only update that writes no index
+/// entry, nor does a lease renewal. Counted by the server itself (`pg_stat_user_tables`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_and_a_renewal_write_no_index_entry_on_postgres() {
+    use sqlx::Row;
+    const JOBS: usize = 300;
+    let (store, _g, _d) = migrated_store(Backend::Postgres).await;
+    store
+        .enqueue_batch("a", &new_jobs(JOBS), 1, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let tasks = [("a".to_string(), JOBS)];
+    let mut claimed = Vec::new();
+    for owner in ["claim-1", "claim-2", "claim-3"] {
+        let got = store.claim_batch(owner, &tasks, 100, LEASE).await.unwrap();
+        claimed.extend(got.into_iter().map(|j| (j.id, owner)));
+    }
+    assert_eq!(claimed.len(), JOBS);
+    for (id, owner) in claimed.iter().take(50) {
+        assert_eq!(store.renew(*id, owner, LEASE).await.unwrap(), Some(false));
+    }
+    let updates = (JOBS + 50) as i64;
+    // The counts reach the shared statistics when each backend goes idle (within about a
+    // second): wait for all of them, then compare.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (upd, hot) = loop {
+        let row = sqlx::query(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'jobs'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        let (upd, hot): (i64, i64) = (row.get(0), row.get(1));
+        if upd >= updates || Instant::now() > deadline {
+            break (upd, hot);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        upd, updates,
+        "the server counted {upd} updates of jobs, expected {updates}"
+    );
+    assert_eq!(
+        hot,
+        updates,
+        "{} of {updates} claims and renewals wrote index entries (not heap-only)",
+        updates - hot
+    );
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

@@ -118,6 +118,12 @@ fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error>
     }
 }
 
+/// The jobs that can still run (queued, scheduled, running): those not finished (every final
+/// state sets `finished_at`; a retry clears it). It is the predicate of the partial index
+/// `jobs_runnable` word for word (migration 0009), which a statement must repeat for the
+/// planner to use that index. No index names `state`: see [`Store::claim_batch`].
+pub const RUNNABLE: &str = "finished_at IS NULL";
+
 const JOB_COLUMNS: &str = "id, task, params, state, attempts, max_attempts, created_at, updated_at, started_at, finished_at, \
      exit_code, exit_signal, error, cancel_requested, lease_owner, run_after";
 
@@ -735,8 +741,12 @@ impl Store {
             let placeholders: Vec<String> = tasks.iter().map(|_| next()).collect();
             sql += &format!(" AND task IN ({})", placeholders.join(", "));
         }
-        if filter.state.is_some() {
+        if let Some(state) = filter.state {
             sql += &format!(" AND state = {}", next());
+            if !state.is_final() {
+                // Lets the planner walk `jobs_runnable` instead of every finished job.
+                sql += &format!(" AND {RUNNABLE}");
+            }
         }
         if filter.before_id.is_some() {
             sql += &format!(" AND id < {}", next());
@@ -862,11 +872,14 @@ impl Store {
             // One statement is one short write transaction: SQLite serialises writers.
             Backend::Sqlite => "",
         };
-        // `state IN (…)` is the predicate of the partial index `jobs_runnable` word for word
-        // (migration 0006), so the planner can use it; a scheduled job whose time has come
-        // is claimed like a queued one.
+        // RUNNABLE is the predicate of the partial index `jobs_runnable` word for word
+        // (migration 0009), so the planner can use it; a scheduled job whose time has come
+        // is claimed like a queued one. No index names `state`, `lease_owner`,
+        // `lease_until`, `attempts` or `started_at`, so on PostgreSQL this update changes
+        // no indexed value and is heap-only (it writes no index entry) where the page has
+        // room (the table's fillfactor keeps it).
         let runnable = format!(
-            "state IN ('queued', 'scheduled', 'running') AND \
+            "{RUNNABLE} AND \
              ((state IN ('queued', 'scheduled') AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) AND \
              task NOT IN (SELECT task FROM paused_tasks)"
         );
@@ -1266,7 +1279,7 @@ impl Store {
         }
         let ids: Vec<i64> = sqlx::query(&format!(
             "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < {} - $1 \
-             AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT $2",
+             ORDER BY finished_at LIMIT $2",
             self.now()
         ))
         .bind(retain.as_millis() as i64)
@@ -1444,7 +1457,7 @@ impl Store {
     pub async fn counts_active(
         &self,
     ) -> Result<std::collections::BTreeMap<String, (i64, i64)>, sqlx::Error> {
-        let rows = sqlx::query("SELECT task, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') GROUP BY task, state")
+        let rows = sqlx::query(&format!("SELECT task, state, COUNT(*) AS n FROM jobs WHERE {RUNNABLE} AND state IN ('queued', 'running') GROUP BY task, state"))
             .fetch_all(&self.pool)
             .await?;
         let mut out = std::collections::BTreeMap::new();

@@ -1,12 +1,13 @@
 //! Read-only statements for the dashboard's overview: jobs finished per minute, the queue
-//! by task. Each is bounded by an index: the first counts ranges of `jobs_finished
-//! (finished_at, state)` within one hour, the second reads only jobs that are not final.
+//! by task. Each is bounded by an index: the first counts ranges of `jobs_finished` within
+//! one hour, the second reads only jobs that are not final.
 
 use std::collections::BTreeMap;
 
 use sqlx::Row;
 
 use super::{JobState, Store};
+use crate::config::Backend;
 
 /// A task's jobs that are not final, across every node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,9 +29,9 @@ pub struct FinishedInMinute {
 /// `finished_per_minute`'s statement: `$1` the first minute's first millisecond; then,
 /// when the caller may read only some tasks, one placeholder per task. One row per minute
 /// of the hour (a recursive CTE), each state counted by its own range of the index
-/// `jobs_finished (finished_at, state)`: counting ranges of one index reads no row and
+/// `jobs_finished`: counting ranges of one index reads no row and
 /// sorts nothing, where a `GROUP BY` of the minutes sorted every job of the hour.
-pub fn finished_per_minute_sql(tasks: usize) -> String {
+pub fn finished_per_minute_sql(tasks: usize, backend: Backend) -> String {
     let only = if tasks == 0 {
         String::new()
     } else {
@@ -38,11 +39,12 @@ pub fn finished_per_minute_sql(tasks: usize) -> String {
         format!(" AND task IN ({})", list.join(", "))
     };
     // The state is counted in a CASE, not matched in the WHERE: an equality there lets a
-    // planner without statistics (a table just loaded) pick the index on state and walk
-    // every finished job of that state once per minute (seconds, with 100,000 jobs).
+    // planner without statistics (a table just loaded) pick another index and walk every
+    // finished job of that state once per minute (seconds, with 100,000 jobs).
+    let column = final_state_column(backend);
     let count = |state: &str| {
         format!(
-            "(SELECT COALESCE(SUM(CASE WHEN state = '{state}' THEN 1 ELSE 0 END), 0) FROM jobs \
+            "(SELECT COALESCE(SUM(CASE WHEN {column} = '{state}' THEN 1 ELSE 0 END), 0) FROM jobs \
              WHERE finished_at IS NOT NULL AND finished_at >= m.t \
              AND finished_at < m.t + 60000{only}) AS {state}"
         )
@@ -57,13 +59,24 @@ pub fn finished_per_minute_sql(tasks: usize) -> String {
     )
 }
 
+/// The column `jobs_finished` holds a finished job's state in, beside `finished_at`:
+/// PostgreSQL's `outcome`, which a claim never changes (migration 0009: no index there may
+/// name `state`, or claims could not be heap-only); SQLite's `state` itself (it has no
+/// heap-only updates to keep, and reads a computed column from the row, not the index).
+pub fn final_state_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "outcome",
+        Backend::Sqlite => "state",
+    }
+}
+
 /// The chart's span.
 const HOUR_MS: i64 = 3_600_000;
 
-/// `queue_counts`'s statement: the predicate is `jobs_runnable`'s, so only jobs that are
-/// not final are read.
+/// `queue_counts`'s statement: the predicate is `jobs_runnable`'s (`RUNNABLE`), so only jobs
+/// that are not final are read.
 pub const QUEUE_COUNTS_SQL: &str = "SELECT task, state, COUNT(*) AS n FROM jobs \
-     WHERE state IN ('queued', 'scheduled', 'running') GROUP BY task, state";
+     WHERE finished_at IS NULL GROUP BY task, state";
 
 impl Store {
     /// Jobs finished (succeeded, failed, cancelled) in each minute of the hour from
@@ -80,7 +93,7 @@ impl Store {
             Some(tasks) => tasks,
             None => &[],
         };
-        let sql = finished_per_minute_sql(tasks.len());
+        let sql = finished_per_minute_sql(tasks.len(), self.backend);
         let mut query = sqlx::query(&sql).bind(since_ms);
         for task in tasks {
             query = query.bind(task.as_str());
@@ -129,10 +142,17 @@ mod tests {
 
     #[test]
     fn the_chart_statement_binds_one_placeholder_per_task() {
-        let all = finished_per_minute_sql(0);
+        let all = finished_per_minute_sql(0, Backend::Postgres);
         assert!(!all.contains("task IN"), "{all}");
-        assert_eq!(all.matches("FROM jobs WHERE finished_at").count(), 3);
-        let two = finished_per_minute_sql(2);
+        assert_eq!(
+            all.matches("FROM jobs WHERE finished_at IS NOT NULL")
+                .count(),
+            3
+        );
+        assert_eq!(all.matches("CASE WHEN outcome = ").count(), 3);
+        assert!(QUEUE_COUNTS_SQL.contains(&format!("WHERE {}", crate::jobs::store::RUNNABLE)));
+        let two = finished_per_minute_sql(2, Backend::Sqlite);
+        assert_eq!(two.matches("CASE WHEN state = ").count(), 3);
         assert_eq!(two.matches("AND task IN ($2, $3))").count(), 3, "{two}");
     }
 }
