@@ -849,23 +849,9 @@ impl Store {
             .next())
     }
 
-    /// Takes up to `limit` runnable jobs (oldest first) in one statement, at most `cap` of
-    /// each `(task, cap)`, all under the lease token `lease_owner` (a token per claim
-    /// statement: a job appears at most once in a claim, so `(id, lease_owner)` still names
-    /// one attempt). PostgreSQL: `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED
-    /// LIMIT n)`; SQLite: the same without the lock, one short write transaction. Read to
-    /// its end: the jobs are returned only once the claim has committed. Oldest id first.
-    pub async fn claim_batch(
-        &self,
-        lease_owner: &str,
-        tasks: &[(String, usize)],
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Job>, sqlx::Error> {
-        let tasks: Vec<&(String, usize)> = tasks.iter().filter(|(_, cap)| *cap > 0).collect();
-        if tasks.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
+    /// [`Store::claim_batch`]'s statement: `$1` the lease token, `$2` the lease (ms), then
+    /// one placeholder per task.
+    fn claim_sql(&self, tasks: &[&(String, usize)], limit: usize) -> String {
         let now = self.now();
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -914,12 +900,32 @@ impl Store {
                 parts.join(" UNION ALL ")
             )
         };
-        let sql = format!(
+        format!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $1, lease_until = {now} + $2, \
              started_at = {now}, updated_at = {now}, cancel_requested = 0 \
              WHERE id IN ({pick}) \
              RETURNING {JOB_COLUMNS}"
-        );
+        )
+    }
+
+    /// Takes up to `limit` runnable jobs (oldest first) in one statement, at most `cap` of
+    /// each `(task, cap)`, all under the lease token `lease_owner` (a token per claim
+    /// statement: a job appears at most once in a claim, so `(id, lease_owner)` still names
+    /// one attempt). PostgreSQL: `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED
+    /// LIMIT n)`; SQLite: the same without the lock, one short write transaction. Read to
+    /// its end: the jobs are returned only once the claim has committed. Oldest id first.
+    pub async fn claim_batch(
+        &self,
+        lease_owner: &str,
+        tasks: &[(String, usize)],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Job>, sqlx::Error> {
+        let tasks: Vec<&(String, usize)> = tasks.iter().filter(|(_, cap)| *cap > 0).collect();
+        if tasks.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = self.claim_sql(&tasks, limit);
         let mut query = sqlx::query(&sql)
             .bind(lease_owner)
             .bind(lease.as_millis() as i64);
