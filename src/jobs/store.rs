@@ -124,6 +124,17 @@ fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error>
 /// planner to use that index. No index names `state`: see [`Store::claim_batch`].
 pub const RUNNABLE: &str = "finished_at IS NULL";
 
+/// The `phase` PostgreSQL indexes a job of `state` under (migration 0009, where the column is
+/// computed from `state`): `live` for queued and running (so a claim does not change it),
+/// `waiting` for scheduled, the state itself once final.
+pub fn phase_of(state: JobState) -> &'static str {
+    match state {
+        JobState::Queued | JobState::Running => "live",
+        JobState::Scheduled => "waiting",
+        final_state => final_state.as_str(),
+    }
+}
+
 const JOB_COLUMNS: &str = "id, task, params, state, attempts, max_attempts, created_at, updated_at, started_at, finished_at, \
      exit_code, exit_signal, error, cancel_requested, lease_owner, run_after";
 
@@ -721,7 +732,10 @@ impl Store {
         row.as_ref().map(Job::from_row).transpose()
     }
 
-    pub async fn list(&self, filter: &ListFilter) -> Result<JobPage, sqlx::Error> {
+    /// [`Store::list`]'s statement: binds the task, the tasks, the state, the cursor and the
+    /// limit + 1, those that `filter` sets, in that order. `None` when `filter.tasks` is
+    /// empty (the caller may read no task: nothing to ask).
+    pub fn list_sql(&self, filter: &ListFilter) -> Option<String> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
         let mut n = 0;
         let mut next = || {
@@ -733,25 +747,33 @@ impl Store {
         }
         if let Some(tasks) = &filter.tasks {
             if tasks.is_empty() {
-                return Ok(JobPage {
-                    jobs: Vec::new(),
-                    next_cursor: None,
-                });
+                return None;
             }
             let placeholders: Vec<String> = tasks.iter().map(|_| next()).collect();
             sql += &format!(" AND task IN ({})", placeholders.join(", "));
         }
         if let Some(state) = filter.state {
             sql += &format!(" AND state = {}", next());
-            if !state.is_final() {
-                // Lets the planner walk `jobs_runnable` instead of every finished job.
-                sql += &format!(" AND {RUNNABLE}");
+            if self.backend == Backend::Postgres {
+                // No PostgreSQL index names `state` (migration 0009): the phase leads the
+                // planner to `jobs_by_phase`, whose rows of one phase are in id order.
+                sql += &format!(" AND phase = '{}'", phase_of(state));
             }
         }
         if filter.before_id.is_some() {
             sql += &format!(" AND id < {}", next());
         }
         sql += &format!(" ORDER BY id DESC LIMIT {}", next());
+        Some(sql)
+    }
+
+    pub async fn list(&self, filter: &ListFilter) -> Result<JobPage, sqlx::Error> {
+        let Some(sql) = self.list_sql(filter) else {
+            return Ok(JobPage {
+                jobs: Vec::new(),
+                next_cursor: None,
+            });
+        };
         let mut query = sqlx::query(&sql);
         if let Some(task) = &filter.task {
             query = query.bind(task.clone());
@@ -1459,11 +1481,25 @@ impl Store {
         Ok(lines)
     }
 
+    /// [`Store::counts_active`]'s statement, through `jobs_by_phase` on PostgreSQL and
+    /// `jobs_claimable` on SQLite: only queued and running jobs are read, however many are
+    /// scheduled or finished.
+    pub fn counts_active_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => {
+                "SELECT task, state, COUNT(*) AS n FROM jobs WHERE phase = 'live' GROUP BY task, state"
+            }
+            Backend::Sqlite => {
+                "SELECT task, state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') GROUP BY task, state"
+            }
+        }
+    }
+
     /// Queued and running jobs by task: `(queued, running)`.
     pub async fn counts_active(
         &self,
     ) -> Result<std::collections::BTreeMap<String, (i64, i64)>, sqlx::Error> {
-        let rows = sqlx::query(&format!("SELECT task, state, COUNT(*) AS n FROM jobs WHERE {RUNNABLE} AND state IN ('queued', 'running') GROUP BY task, state"))
+        let rows = sqlx::query(self.counts_active_sql())
             .fetch_all(&self.pool)
             .await?;
         let mut out = std::collections::BTreeMap::new();

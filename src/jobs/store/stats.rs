@@ -60,12 +60,13 @@ pub fn finished_per_minute_sql(tasks: usize, backend: Backend) -> String {
 }
 
 /// The column `jobs_finished` holds a finished job's state in, beside `finished_at`:
-/// PostgreSQL's `outcome`, which a claim never changes (migration 0009: no index there may
-/// name `state`, or claims could not be heap-only); SQLite's `state` itself (it has no
-/// heap-only updates to keep, and reads a computed column from the row, not the index).
+/// PostgreSQL's `phase` (a finished job's phase is its state; a claim never changes it, and
+/// no index there may name `state`, or claims could not be heap-only: migration 0009);
+/// SQLite's `state` itself (it has no heap-only updates to keep, and reads a computed
+/// column from the row, not the index).
 pub fn final_state_column(backend: Backend) -> &'static str {
     match backend {
-        Backend::Postgres => "outcome",
+        Backend::Postgres => "phase",
         Backend::Sqlite => "state",
     }
 }
@@ -149,7 +150,7 @@ mod tests {
                 .count(),
             3
         );
-        assert_eq!(all.matches("CASE WHEN outcome = ").count(), 3);
+        assert_eq!(all.matches("CASE WHEN phase = ").count(), 3);
         assert!(QUEUE_COUNTS_SQL.contains(&format!("WHERE {}", crate::jobs::store::RUNNABLE)));
         let two = finished_per_minute_sql(2, Backend::Sqlite);
         assert_eq!(two.matches("CASE WHEN state = ").count(), 3);
