@@ -72,9 +72,19 @@ build_deb() {
   export E2E_DEB
 }
 
+# deb_compression DEB: the compressor of DEB's payload, as dpkg-deb -Z takes it (gzip, xz
+# or zstd), so a repacked package costs apt what the original would.
+deb_compression() {
+  case $(ar t "$1" | grep '^data\.tar') in
+    data.tar.gz) echo gzip ;;
+    data.tar.zst) echo zstd ;;
+    *) echo xz ;;
+  esac
+}
+
 # repack_deb SUFFIX: prints the path of $E2E_DEB repacked as version <version>+SUFFIX.
-# Repacked rather than rebuilt: same payload and maintainer scripts, so an upgrade tests
-# the upgrade path itself and costs seconds, also for a prebuilt $E2E_DEB.
+# Repacked rather than rebuilt: same payload, maintainer scripts and compression, so an
+# upgrade tests the upgrade path itself and costs seconds, also for a prebuilt $E2E_DEB.
 repack_deb() {
   local suffix=$1 dir="$E2E_WORK/next-$1" version next
   version=$(dpkg-deb -f "$E2E_DEB" Version)
@@ -82,7 +92,7 @@ repack_deb() {
   rm -rf "$dir"; mkdir -p "$dir"
   dpkg-deb -R "$E2E_DEB" "$dir/pkg"
   sed -i "s/^Version: .*/Version: $next/" "$dir/pkg/DEBIAN/control"
-  dpkg-deb --root-owner-group -Zxz -b "$dir/pkg" "$dir/shiftd_${next}.deb" >/dev/null
+  dpkg-deb --root-owner-group "-Z$(deb_compression "$E2E_DEB")" -b "$dir/pkg" "$dir/shiftd_${next}.deb" >/dev/null
   dpkg --compare-versions "$next" gt "$version" || die "repacked version $next is not above $version"
   echo "$dir/shiftd_${next}.deb"
 }
