@@ -417,16 +417,30 @@ class Suite:
                                     {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False})
 
     def submit(self, selector):
-        """Clicks the submit button of a form, accepting a confirm() if the page asks one."""
+        """Clicks the submit button of a form, accepting a confirm() if the page asks one,
+        and waits until the browser has left the page: every form here posts and is answered
+        with another document. Without that wait a check meant for the next page can read
+        the old one (a cancel's answer has the same data-page) as it is torn down, and
+        Chrome then fails the read ("Node with given id does not belong to the document")."""
         form = self.css(selector)
         buttons = form.find_elements(By.CSS_SELECTOR, "button, input[type=submit]")
         if not buttons:
             raise Failure(f"{selector} has no submit button")
+        self.mark()
         buttons[0].click()
         try:
             self.driver.switch_to.alert.accept()
         except NoAlertPresentException:
             pass
+        self.wait(f"a new document after submitting {selector}", self.left_page)
+
+    def left_page(self):
+        """True once the document marked by `mark` is gone; False while it is still there or
+        the browser is between documents."""
+        try:
+            return not self.marked()
+        except WebDriverException:
+            return False
 
     def check_frame(self, page, logged_in=True):
         """What every page has: its data-page, the nav links and (signed in) the logout form."""
