@@ -121,7 +121,7 @@ fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error>
 /// The jobs that can still run (queued, scheduled, running): those not finished (every final
 /// state sets `finished_at`; a retry clears it). It is the predicate of the partial index
 /// `jobs_runnable` word for word (migration 0009), which a statement must repeat for the
-/// planner to use that index. No index names `state`: see [`Store::claim_batch`].
+/// planner to use that index. No PostgreSQL index names `state`: see [`Store::claim_batch`].
 pub const RUNNABLE: &str = "finished_at IS NULL";
 
 /// The `phase` PostgreSQL indexes a job of `state` under (migration 0009, where the column is
@@ -882,10 +882,10 @@ impl Store {
         };
         // RUNNABLE is the predicate of the partial index `jobs_runnable` word for word
         // (migration 0009), so the planner can use it; a scheduled job whose time has come
-        // is claimed like a queued one. No index names `state`, `lease_owner`,
-        // `lease_until`, `attempts` or `started_at`, so on PostgreSQL this update changes
-        // no indexed value and is heap-only (it writes no index entry) where the page has
-        // room (the table's fillfactor keeps it).
+        // is claimed like a queued one. No PostgreSQL index names `state`, `lease_owner`,
+        // `lease_until`, `attempts` or `started_at`, so there this update changes no
+        // indexed value and is heap-only (it writes no index entry) where the page has room
+        // (the table's fillfactor keeps it). SQLite keeps `jobs_claimable (state, …)`.
         let runnable = format!(
             "{RUNNABLE} AND \
              ((state IN ('queued', 'scheduled') AND run_after <= {now}) OR (state = 'running' AND lease_until < {now})) AND \
